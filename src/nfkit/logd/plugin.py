@@ -1,0 +1,175 @@
+"""The plugin API every logd plugin follows.
+
+A plugin is a class with declarative tables (options, input keys, output
+keys) and a few methods; an *instance* is created for each ``id:PLUGIN``
+token of a ``stack=`` line. Filters and outputs implement :meth:`Plugin.interp`;
+inputs produce events and hand them to :meth:`InputPlugin.emit`.
+
+``interp`` returns ``None`` (or :data:`OK`) to continue, :data:`STOP` to drop
+the event silently for this stack, :data:`ERROR` to drop it and count an
+error, as ulogd's ULOGD_IRET_* do.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nfkit.logd.keys import Event, Key
+
+OK = 0
+ERROR = -1
+STOP = -2
+
+
+class Role(enum.Enum):
+    INPUT = "input"
+    FILTER = "filter"
+    OUTPUT = "output"
+
+
+class DataType(enum.IntFlag):
+    """ulogd's data-type masks, used to warn about odd stack orders."""
+
+    SOURCE = 0x01
+    RAW = 0x02
+    PACKET = 0x04
+    FLOW = 0x08
+    SUM = 0x10
+    SINK = 0x20
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A configuration option: ulogd name, type (``int`` or ``str``), default."""
+
+    name: str
+    type: type[int] | type[str]
+    default: int | str
+    mandatory: bool = False
+    help: str = ""
+
+
+class Settings:
+    """An instance's option values, with where each one was set."""
+
+    def __init__(self, section: str, values: dict[str, int | str], origins: dict[str, str]):
+        self.section = section
+        self._values = values
+        self._origins = origins
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def where(self, name: str) -> str:
+        """``file:line`` of the option, or a description of its default."""
+        return self._origins.get(name, f"[{self.section}] {name} (default)")
+
+    def items(self) -> list[tuple[str, int | str]]:
+        return list(self._values.items())
+
+
+class Context:
+    """What the engine lends to plugins: logging, the event loop, shared resources."""
+
+    def __init__(self, loop: Any = None, logger: logging.Logger | None = None) -> None:
+        self.loop = loop
+        self.log = logger or logging.getLogger("nfkit.logd")
+        self._shared: dict[tuple[str, Any], Any] = {}
+
+    def shared(self, kind: str, key: Any, factory: Callable[[], Any]) -> Any:
+        """One object per ``(kind, key)`` for the whole daemon (e.g. an NFLOG group)."""
+        slot = (kind, key)
+        if slot not in self._shared:
+            self._shared[slot] = factory()
+        return self._shared[slot]
+
+    def release(self, kind: str, key: Any) -> None:
+        self._shared.pop((kind, key), None)
+
+
+class Plugin:
+    """Base class of every plugin. Subclasses fill the class-level tables."""
+
+    name: ClassVar[str] = ""
+    role: ClassVar[Role] = Role.FILTER
+    input_type: ClassVar[DataType] = DataType(0)
+    output_type: ClassVar[DataType] = DataType(0)
+    options: ClassVar[tuple[Option, ...]] = ()
+    input_keys: ClassVar[tuple[Key, ...]] = ()
+    output_keys: ClassVar[tuple[Key, ...]] = ()
+    #: Inputs are derived at configure time (all upstream keys, DB columns...).
+    dynamic_inputs: ClassVar[bool] = False
+    #: Outputs are not declared statically (MARK).
+    dynamic_outputs: ClassVar[bool] = False
+    #: One line for ``--info`` and error messages.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, instance_id: str, settings: Settings, context: Context) -> None:
+        self.id = instance_id
+        self.settings = settings
+        self.context = context
+        self.log = context.log
+        #: The input keys after configure(): dynamic plugins replace them.
+        self.inputs: tuple[Key, ...] = self.input_keys
+
+    def __repr__(self) -> str:
+        return f"{self.id}:{self.name}"
+
+    def configure(self, upstream: Sequence[Plugin]) -> None:
+        """Check options; derive dynamic inputs from ``upstream`` (nearest last).
+
+        Raises ConfigError (with the option's location) when something is wrong.
+        """
+
+    def start(self) -> None:
+        """Open files and sockets. Raise StartError on failure."""
+
+    def stop(self) -> None:
+        """Flush and close everything; must be safe to call twice."""
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen output files (log rotation)."""
+
+    def signal(self, signo: int) -> None:
+        """Any other signal delivered to the instance (SIGUSR1/SIGUSR2)."""
+
+    def interp(self, event: Event) -> int | None:
+        """Process one event (filters and outputs)."""
+        return None
+
+
+class InputPlugin(Plugin):
+    """A source of events. The engine attaches the stacks it feeds."""
+
+    role = Role.INPUT
+    input_type = DataType.SOURCE
+
+    def __init__(self, instance_id: str, settings: Settings, context: Context) -> None:
+        super().__init__(instance_id, settings, context)
+        self.stacks: list[Callable[[Event], None]] = []
+        #: Names consumed downstream in any attached stack; None = everything.
+        self.wanted: set[str] | None = set()
+
+    def attach(self, run_stack: Callable[[Event], None], wanted: set[str] | None) -> None:
+        """Feed events to one more stack that reads ``wanted`` keys (None: all)."""
+        self.stacks.append(run_stack)
+        if wanted is None or self.wanted is None:
+            self.wanted = None
+        else:
+            self.wanted |= wanted
+
+    def emit(self, event: Event) -> None:
+        """Run ``event`` through every attached stack (each gets its own copy)."""
+        stacks = self.stacks
+        if len(stacks) == 1:
+            stacks[0](event)
+            return
+        for run in stacks:
+            run(dict(event))
+
+
+PluginClass = type[Plugin]

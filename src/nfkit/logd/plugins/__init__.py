@@ -1,0 +1,1 @@
+"""Built-in logd plugins: one module per plugin, each registering one class."""
