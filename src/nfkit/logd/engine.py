@@ -207,6 +207,11 @@ class Pipeline:
                 stack.input.attach(stack.run, self.wanted_keys(stack))
             for plugin in self.inputs.values():
                 self._start_one(plugin, next(s for s in self.stacks if s.input is plugin))
+            for plugin in self.inputs.values():
+                try:
+                    plugin.activate()
+                except OSError as exc:
+                    raise StartError(f"{plugin.id}:{plugin.name} failed to start: {exc}") from exc
         except BaseException:
             self.stop()
             raise

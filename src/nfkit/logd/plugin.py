@@ -162,6 +162,13 @@ class InputPlugin(Plugin):
         else:
             self.wanted |= wanted
 
+    def activate(self) -> None:
+        """Called once every input has started: open shared sockets now.
+
+        Instances that share a resource (an NFLOG group) register in start();
+        the resource is opened here with everything its users asked for.
+        """
+
     def emit(self, event: Event) -> None:
         """Run ``event`` through every attached stack (each gets its own copy)."""
         stacks = self.stacks
