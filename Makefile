@@ -1,0 +1,36 @@
+# nfkit developer entry points. `make test` is what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test deps lint typecheck unit demo bench clean
+
+test: deps lint typecheck unit
+
+deps: $(VENV)/.installed
+	@scripts/install-system-deps.sh test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint:
+	$(BIN)/ruff check src tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+unit:
+	$(BIN)/pytest -q
+
+demo: $(VENV)/.installed
+	@scripts/install-system-deps.sh demo
+	$(BIN)/nfkit demo
+
+bench: deps
+	$(BIN)/python bench/nflog_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Install the Debian packages nfkit's tests and demo need, only when missing.
+# Usage: scripts/install-system-deps.sh [demo|test]
+set -eu
+profile="${1:-test}"
+need=""
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need="$need iproute2"
+have iptables || need="$need iptables"
+have ping || need="$need iputils-ping"
+if [ "$profile" = test ]; then
+    have ulogd || need="$need ulogd2"
+    [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_JSON.so ] || need="$need ulogd2-json"
+    [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_SQLITE3.so ] || need="$need ulogd2-sqlite3"
+    [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_PCAP.so ] || need="$need ulogd2-pcap"
+    have tshark || need="$need tshark"
+    have sqlite3 || need="$need sqlite3"
+fi
+if [ -n "$need" ]; then
+    echo "installing Debian packages:$need"
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer no.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+# Debian starts ulogd2 after installing it where an init system runs; our tests
+# need the machine's own namespace untouched, so make sure it is not running.
+if pgrep -x ulogd >/dev/null 2>&1; then
+    (systemctl stop ulogd2 2>/dev/null || service ulogd2 stop 2>/dev/null || pkill -x ulogd) || true
+fi
