@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from nfkit.netlink.codec import (
+    NFGENMSG,
     NLM_F_ACK,
     NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_MIN_TYPE,
-    NFGENMSG,
     NLMSGHDR,
     Message,
     attr,
@@ -177,7 +177,9 @@ class LogPacket:
             length, atype = unpack_attr(data, start)
             stop = start + length
             if length < 4 or stop > end:
-                raise TruncatedError(f"NFLOG attribute {atype & 0x3FFF} at {start}: bad length {length}")
+                raise TruncatedError(
+                    f"NFLOG attribute {atype & 0x3FFF} at {start}: bad length {length}"
+                )
             atype &= 0x3FFF
             size = length - 4
             pos = start + 4
@@ -537,19 +539,30 @@ class NflogSocket:
         self.groups.add(group)
 
     def set_flags(self, group: int, flags: Flag | int) -> None:
-        self._config(group, 0, attr_be16(CFG_FLAGS, int(flags)), operation=f"set flags on group {group}")
+        self._config(
+            group, 0, attr_be16(CFG_FLAGS, int(flags)), operation=f"set flags on group {group}"
+        )
 
     def unbind(self, group: int) -> None:
-        self._config(group, 0, attr(CFG_CMD, bytes([Command.UNBIND])), operation=f"unbind group {group}")
+        self._config(
+            group, 0, attr(CFG_CMD, bytes([Command.UNBIND])), operation=f"unbind group {group}"
+        )
         self.groups.discard(group)
 
     def pf_bind(self, family: int) -> None:
         """Make nfnetlink_log the netns default logger for ``family`` (group 0)."""
-        self._config(0, family, attr(CFG_CMD, bytes([Command.PF_BIND])), operation=f"bind family {family}")
+        self._config(
+            0, family, attr(CFG_CMD, bytes([Command.PF_BIND])), operation=f"bind family {family}"
+        )
 
     def pf_unbind(self, family: int) -> None:
         """Remove whatever logger is the netns default for ``family``."""
-        self._config(0, family, attr(CFG_CMD, bytes([Command.PF_UNBIND])), operation=f"unbind family {family}")
+        self._config(
+            0,
+            family,
+            attr(CFG_CMD, bytes([Command.PF_UNBIND])),
+            operation=f"unbind family {family}",
+        )
 
     def receive(self) -> list[LogPacket]:
         """Block for one datagram and return its packets (a batch).

@@ -65,11 +65,29 @@ def main(argv: Sequence[str]) -> int:
     with Lab() as lab:
         for tool in (lab.iptables, lab.ip6tables):
             for chain, prefix in (("INPUT", "demo-in"), ("OUTPUT", "demo-out")):
-                tool(lab.b, "-A", chain, "-j", "NFLOG", "--nflog-group", str(GROUP),
-                     "--nflog-prefix", prefix)
+                tool(
+                    lab.b,
+                    "-A",
+                    chain,
+                    "-j",
+                    "NFLOG",
+                    "--nflog-group",
+                    str(GROUP),
+                    "--nflog-prefix",
+                    prefix,
+                )
         daemon = lab.popen(
-            lab.b, sys.executable, "-m", "nfkit.cli.main", "logd", "-c", config,
-            "--stats-interval", "0", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            lab.b,
+            sys.executable,
+            "-m",
+            "nfkit.cli.main",
+            "logd",
+            "-c",
+            config,
+            "--stats-interval",
+            "0",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait_for_start(daemon, os.path.join(workdir, "logd.log"))
@@ -97,7 +115,9 @@ def _wait_for_start(daemon: subprocess.Popen[bytes], logfile: str, timeout: floa
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
             output = daemon.stdout.read().decode(errors="replace") if daemon.stdout else ""
-            raise SystemExit(f"nfkit demo: logd exited at start (code {daemon.returncode}):\n{output}")
+            raise SystemExit(
+                f"nfkit demo: logd exited at start (code {daemon.returncode}):\n{output}"
+            )
         if os.path.exists(logfile):
             with open(logfile) as fh:
                 if "entering main loop" in fh.read():
@@ -132,7 +152,11 @@ def summary(workdir: str) -> str:
         ).fetchall()
     with open(text_path, encoding="utf-8", errors="replace") as fh:
         lines = fh.readlines()
-    out = [f"\nnfkit demo: {total} packets logged ({len(lines)} text lines)", "", "packets per protocol:"]
+    out = [
+        f"\nnfkit demo: {total} packets logged ({len(lines)} text lines)",
+        "",
+        "packets per protocol:",
+    ]
     for family, proto, count in per_proto:
         name = PROTOCOLS.get(proto, f"proto {proto}")
         out.append(f"  {name:<7} IPv{4 if family == 2 else 6}  {count:>5}")
@@ -141,6 +165,9 @@ def summary(workdir: str) -> str:
     for port, count in ports:
         out.append(f"  {port:>5}  {count:>5}")
     out += ["", "first text line:", f"  {lines[0].rstrip() if lines else '(none)'}", ""]
-    out += [f"text log: {text_path}", f"SQLite:   {db_path}  (table packets)",
-            f"config:   {os.path.join(workdir, 'ulogd.conf')}"]
+    out += [
+        f"text log: {text_path}",
+        f"SQLite:   {db_path}  (table packets)",
+        f"config:   {os.path.join(workdir, 'ulogd.conf')}",
+    ]
     return "\n".join(out)

@@ -30,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--gid", help="drop to this group once sockets and files are open")
     p.add_argument("-v", "--verbose", action="store_true", help="also copy the log to stderr")
     p.add_argument("-l", "--loglevel", type=int, help="1 debug, 3 info, 5 notice, 7 error, 8 fatal")
-    p.add_argument("-i", "--info", metavar="PLUGIN", help="describe a plugin (name or ulogd .so path)")
+    p.add_argument(
+        "-i", "--info", metavar="PLUGIN", help="describe a plugin (name or ulogd .so path)"
+    )
     p.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
     p.add_argument(
@@ -78,8 +80,10 @@ def main(argv: Sequence[str]) -> int:
         name = plugin_name_from_path(args.info)
         cls = plugins().get(name)
         if cls is None:
-            print(f"nfkit logd: no plugin {name!r}; built in: {', '.join(sorted(plugins()))}",
-                  file=sys.stderr)
+            print(
+                f"nfkit logd: no plugin {name!r}; built in: {', '.join(sorted(plugins()))}",
+                file=sys.stderr,
+            )
             return 1
         print(describe(cls), end="")
         return 0

@@ -79,7 +79,7 @@ class ConfigFile:
             stripped = raw.strip()
             if stripped.startswith("["):
                 close = stripped.find("]")
-                name = stripped[1:close if close > 0 else None].strip()
+                name = stripped[1 : close if close > 0 else None].strip()
                 if close < 0 or not name:
                     raise ConfigError(
                         f"malformed section header {stripped!r}",
@@ -88,7 +88,8 @@ class ConfigFile:
                     )
                 if name in self.sections:
                     raise ConfigError(
-                        f"section [{name}] appears twice (first at line {self.sections[name].line})",
+                        f"section [{name}] appears twice "
+                        f"(first at line {self.sections[name].line})",
                         self.where(number),
                         "merge the two sections",
                     )
@@ -222,7 +223,9 @@ def parse_int(text: str, name: str, where: str) -> int:
     if negative:
         number = -number
     if not -(2**63) <= number < 2**64:
-        raise ConfigError(f"integer {text!r} is out of range for {name!r}", where, "use a smaller value")
+        raise ConfigError(
+            f"integer {text!r} is out of range for {name!r}", where, "use a smaller value"
+        )
     return number
 
 

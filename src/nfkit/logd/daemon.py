@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import grp
@@ -98,10 +99,8 @@ class Pidfile:
 
     def release(self) -> None:
         if self.fd is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             os.close(self.fd)
             self.fd = None
 
@@ -137,7 +136,9 @@ class Daemon:
         if ulogd_level is None and level_entries:
             from nfkit.logd.config import parse_int
 
-            ulogd_level = parse_int(level_entries[0].value, "loglevel", config.where(level_entries[0].line))
+            ulogd_level = parse_int(
+                level_entries[0].value, "loglevel", config.where(level_entries[0].line)
+            )
         self.log.setLevel(python_level(ulogd_level or 5))
         self.log.propagate = False
         self._open_log_handler()
@@ -227,7 +228,7 @@ class Daemon:
 
     def _report(self, force: bool = False) -> None:
         """The periodic statistics line of every shared input (loss accounting)."""
-        for (kind, _key), resource in list(self.context._shared.items()):
+        for (_kind, _key), resource in list(self.context._shared.items()):
             summary = getattr(resource, "summary", None)
             if summary is None:
                 continue
@@ -238,7 +239,9 @@ class Daemon:
         assert self.pipeline is not None
         for stack in self.pipeline.stacks:
             if stack.errors and force:
-                self.log.log(NOTICE, "stack %s: %d events dropped on errors", stack.text, stack.errors)
+                self.log.log(
+                    NOTICE, "stack %s: %d events dropped on errors", stack.text, stack.errors
+                )
 
     def _drop_privileges(self) -> None:
         user, group = self.options.user, self.options.group
@@ -263,14 +266,18 @@ def _lookup_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
     except KeyError:
-        raise ConfigError(f"unknown user {name!r}", "-u/--uid", "give an existing user name or uid") from None
+        raise ConfigError(
+            f"unknown user {name!r}", "-u/--uid", "give an existing user name or uid"
+        ) from None
 
 
 def _lookup_group(name: str) -> int:
     try:
         return grp.getgrnam(name).gr_gid if not name.isdigit() else int(name)
     except KeyError:
-        raise ConfigError(f"unknown group {name!r}", "-g/--gid", "give an existing group name or gid") from None
+        raise ConfigError(
+            f"unknown group {name!r}", "-g/--gid", "give an existing group name or gid"
+        ) from None
 
 
 def _daemonize() -> None:

@@ -117,17 +117,21 @@ class Pipeline:
             last = position == len(line.elements) - 1
             if position == 0 and cls.role is not Role.INPUT:
                 raise ConfigError(
-                    f"first plugin in a stack must be an input, {plugin_name} is a {cls.role.value}",
+                    f"first plugin in a stack must be an input, "
+                    f"{plugin_name} is a {cls.role.value}",
                     where,
                     "start the stack with NFLOG (or another input plugin)",
                 )
             if position > 0 and cls.role is Role.INPUT:
                 raise ConfigError(
-                    f"input plugin {plugin_name} can only be first in a stack", where, "move it first"
+                    f"input plugin {plugin_name} can only be first in a stack",
+                    where,
+                    "move it first",
                 )
             if last and cls.role is not Role.OUTPUT:
                 raise ConfigError(
-                    f"last plugin in a stack must be an output, {plugin_name} is a {cls.role.value}",
+                    f"last plugin in a stack must be an output, "
+                    f"{plugin_name} is a {cls.role.value}",
                     where,
                     "end the stack with an output such as LOGEMU, JSON or SQLITE3",
                 )
@@ -222,7 +226,9 @@ class Pipeline:
         except StartError as exc:
             if exc.where:
                 raise
-            raise StartError(exc.what, f"{stack.where} ({plugin.id}:{plugin.name})", exc.fix) from exc
+            raise StartError(
+                exc.what, f"{stack.where} ({plugin.id}:{plugin.name})", exc.fix
+            ) from exc
         except OSError as exc:
             raise StartError(
                 f"{plugin.id}:{plugin.name} failed to start: {exc}",

@@ -43,7 +43,9 @@ class OutputFile:
     def open(self) -> None:
         try:
             self.file = open(  # noqa: SIM115 - lives as long as the plugin
-                self.path, "ab" if self.binary else "a", encoding=None if self.binary else "utf-8",
+                self.path,
+                "ab" if self.binary else "a",
+                encoding=None if self.binary else "utf-8",
                 errors=None if self.binary else "surrogateescape",
             )
         except OSError as exc:

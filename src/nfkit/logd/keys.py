@@ -104,6 +104,12 @@ def keys(*specs: tuple[Any, ...]) -> tuple[Key, ...]:
         flags = {r for r in rest if isinstance(r, str) and r in ("optional", "inactive")}
         cim = next((r[4:] for r in rest if isinstance(r, str) and r.startswith("cim:")), None)
         out.append(
-            Key(name, ktype, optional="optional" in flags, cim_name=cim, inactive="inactive" in flags)
+            Key(
+                name,
+                ktype,
+                optional="optional" in flags,
+                cim_name=cim,
+                inactive="inactive" in flags,
+            )
         )
     return tuple(out)

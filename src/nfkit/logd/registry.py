@@ -30,4 +30,6 @@ def plugins() -> dict[str, type[Plugin]]:
 
 def providers_of(key: str) -> list[str]:
     """Names of plugins that declare ``key`` as an output."""
-    return sorted(name for name, cls in plugins().items() if any(k.name == key for k in cls.output_keys))
+    return sorted(
+        name for name, cls in plugins().items() if any(k.name == key for k in cls.output_keys)
+    )

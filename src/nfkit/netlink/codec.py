@@ -134,7 +134,9 @@ def iter_attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, in
     while start + 4 <= end:
         length, atype = unpack(data, start)
         if length < 4 or start + length > end:
-            raise TruncatedError(f"attribute type {atype & NLA_TYPE_MASK} at {start}: bad length {length}")
+            raise TruncatedError(
+                f"attribute type {atype & NLA_TYPE_MASK} at {start}: bad length {length}"
+            )
         yield atype & NLA_TYPE_MASK, start + 4, start + length
         start += (length + 3) & ~3
 
@@ -146,7 +148,9 @@ def attr_spans(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     while start + 4 <= end:
         length, atype = unpack(data, start)
         if length < 4 or start + length > end:
-            raise TruncatedError(f"attribute type {atype & NLA_TYPE_MASK} at {start}: bad length {length}")
+            raise TruncatedError(
+                f"attribute type {atype & NLA_TYPE_MASK} at {start}: bad length {length}"
+            )
         spans[atype & NLA_TYPE_MASK] = (start + 4, start + length)
         start += (length + 3) & ~3
     return spans

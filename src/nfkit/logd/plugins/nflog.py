@@ -80,7 +80,9 @@ class GroupReader:
             return
         first = self.subscribers[0].settings
         self._buffer = max(s.settings["netlink_socket_buffer_size"] for s in self.subscribers)
-        self._buffer_max = max(s.settings["netlink_socket_buffer_maxsize"] for s in self.subscribers)
+        self._buffer_max = max(
+            s.settings["netlink_socket_buffer_maxsize"] for s in self.subscribers
+        )
         flags = nflog.Flag.SEQ
         if any(s.settings["seq_global"] for s in self.subscribers):
             flags |= nflog.Flag.SEQ_GLOBAL
@@ -109,7 +111,9 @@ class GroupReader:
             if self.group == 0 or any(s.settings["bind"] for s in self.subscribers):
                 for family in FAMILIES_FOR_SYSTEM_LOGGING:
                     if first["unbind"]:
-                        self.log.info("forcing unbind of existing log handler for protocol %d", family)
+                        self.log.info(
+                            "forcing unbind of existing log handler for protocol %d", family
+                        )
                         sock.pf_unbind(family)
                     sock.pf_bind(family)
             sock.bind(
@@ -185,7 +189,9 @@ class GroupReader:
         if self._buffer_max and self._buffer * 2 <= self._buffer_max:
             self._buffer = max(self._buffer, self.sock.sock.receive_buffer // 2) * 2
             self.sock.sock.set_receive_buffer(self._buffer)
-            self.log.warning("NFLOG group %d: losing events, buffer raised to %d", self.group, self._buffer)
+            self.log.warning(
+                "NFLOG group %d: losing events, buffer raised to %d", self.group, self._buffer
+            )
         elif self.lost_overrun == 1:
             self.log.warning(
                 "NFLOG group %d: losing events (socket buffer overrun); raise "
@@ -271,7 +277,9 @@ class NFLOG(InputPlugin):
 
     def start(self) -> None:
         reader: GroupReader = self.context.shared(
-            "nflog-group", self.settings["group"], lambda: GroupReader(self.settings["group"], self.context)
+            "nflog-group",
+            self.settings["group"],
+            lambda: GroupReader(self.settings["group"], self.context),
         )
         if self not in reader.subscribers:
             reader.subscribe(self)
@@ -289,7 +297,7 @@ class NFLOG(InputPlugin):
             if not reader.subscribers:
                 reader.stop()
                 self.context.release("nflog-group", reader.group)
-            self.reader = None
+            del self.reader
 
     def deliver_batch(self, events: list[Event]) -> None:
         constants = self._constants
