@@ -1,0 +1,33 @@
+"""Shared pytest fixtures.
+
+``lab``: a started :class:`nfkit.lab.Lab` (a <-> b), always closed afterwards;
+skipped when not root or ``ip``/``iptables``/``ip6tables`` are missing.  Tests
+using it should be marked ``@pytest.mark.lab``.  For other topologies
+parametrize indirectly::
+
+    @pytest.mark.parametrize("lab", [{"router": True}], indirect=True)
+    def test_forwarding(lab): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nfkit.lab import Lab, unavailable_reason
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"lab: {reason}")
+    options: dict[str, Any] = getattr(request, "param", None) or {}
+    the_lab = Lab(**options)
+    try:
+        the_lab.start()
+        yield the_lab
+    finally:
+        the_lab.close()
