@@ -273,6 +273,7 @@ def test_close_removes_everything_and_root_is_unchanged() -> None:
         lab.sysctl(lab.b, "net.ipv4.conf.all.rp_filter", 1)
         assert lab.tcp_exchange(lab.a, "198.51.100.2", 9000) == b"hello"
         sleeper = lab.popen(lab.b, "sleep", "60")
+        talker = lab.popen(lab.a, "sh", "-c", "echo hi; exec sleep 60", stdout=subprocess.PIPE)
         server = lab.tcp_server(lab.b, 9001, timeout=60)
     finally:
         t0 = time.monotonic()
@@ -281,6 +282,10 @@ def test_close_removes_everything_and_root_is_unchanged() -> None:
     lab.close()  # idempotent
     assert took < 5
     assert sleeper.poll() is not None
+    assert talker.poll() is not None
+    assert talker.stdout is not None
+    with talker.stdout:  # the caller's pipes stay usable after close()
+        assert talker.stdout.read() == b"hi\n"
     assert server.proc.poll() is not None
     assert not any(netns.exists(n) for n in names)
     assert not os.path.exists(f"/run/nfkit-lab/{lab.id}.json")

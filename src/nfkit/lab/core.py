@@ -395,7 +395,7 @@ class ServerProcess:
         )
 
     def stop(self) -> None:
-        self.lab._terminate(self.proc)
+        self.lab._terminate(self.proc, close_streams=True)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -437,6 +437,7 @@ class Lab:
         self.nodes: dict[str, Node] = {}
         self._links: list[tuple[Iface, Iface]] = []
         self._procs: list[subprocess.Popen[Any]] = []
+        self._own_pipes: set[int] = set()  # pids of helpers whose pipes the lab owns
         self._started = False
         self._closed = False
         self.env = child_env()
@@ -641,7 +642,7 @@ class Lab:
             atexit.unregister(self.close)
         try:
             for p in self._procs:
-                self._terminate(p)
+                self._terminate(p, close_streams=p.pid in self._own_pipes)
             self._procs.clear()
             names = [n for n in self.namespaces if netns.exists(n)]
             _kill_netns_pids(names)
@@ -792,7 +793,10 @@ class Lab:
         self._procs.append(proc)
         return proc
 
-    def _terminate(self, proc: subprocess.Popen[Any], grace: float = 1.0) -> None:
+    def _terminate(
+        self, proc: subprocess.Popen[Any], grace: float = 1.0, close_streams: bool = False
+    ) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` s; the caller's pipes stay open unless asked."""
         if proc.poll() is None:
             # the process leads its own session (start_new_session), so its
             # process group contains only what we started
@@ -813,6 +817,8 @@ class Lab:
                     continue
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=grace)
+        if not close_streams:
+            return
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -928,6 +934,7 @@ class Lab:
         proc: subprocess.Popen[bytes] = self.popen(
             ns, *traffic_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        self._own_pipes.add(proc.pid)
         srv = ServerProcess(self, self.ns(ns), proc)
         srv.wait_ready(timeout=timeout)
         return srv
