@@ -314,10 +314,9 @@ def _layout_source(attrs: list[tuple[int, int]], names: dict[str, str] | None) -
         offset += (length + 3) & ~3
     fmt.append("HH")
     checks.append(f"raw[{count + 1}] == {_swap16(ATTR_PAYLOAD)}")
-    checks.append(f"((raw[{count}] & 255) << 8 | raw[{count}] >> 8) == end - start - {offset}")
     payload_at = offset + 4
     values["family"], values["group"] = "family", "group"
-    values["payload"] = f"data[start + {payload_at}:end]"
+    values["payload"] = f"data[start + {payload_at}:start + {offset} + size]"
     layout = struct.Struct("".join(fmt))
     lines = [
         f"unpack_from = Struct({layout.format!r}).unpack_from",
@@ -326,6 +325,11 @@ def _layout_source(attrs: list[tuple[int, int]], names: dict[str, str] | None) -
         "        return None",
         "    raw = unpack_from(data, start)",
         f"    if not ({' and '.join(checks)}):",
+        "        return None",
+        # The kernel pads the message after the payload attribute (or not):
+        # accept up to 3 padding bytes but no further attribute.
+        f"    size = (raw[{count}] & 255) << 8 | raw[{count}] >> 8",
+        f"    if not 4 <= size <= end - start - {offset} < ((size + 3) & ~3) + 4:",
         "        return None",
     ]
     if names is None:
@@ -394,11 +398,15 @@ class PacketParser(Generic[Parsed]):
     """
 
     MAX_LAYOUTS = 256
+    #: Uncompilable layouts (conntrack, VLAN, no payload) seen under one key
+    #: before the parser stops trying: each attempt costs a second attribute walk.
+    MAX_FAILURES = 8
 
     def __init__(self, names: dict[str, str] | None = None) -> None:
         self.names = names
         self._layouts: dict[bytes, list[Callable[[int, int, bytes, int, int], Any]]] = {}
         self._count = 0
+        self._failures: dict[bytes, int] = {}
         self._namespace: dict[str, Any] = {
             "Struct": struct.Struct,
             "prefix": _prefix,
@@ -451,13 +459,14 @@ class PacketParser(Generic[Parsed]):
         return {names[k]: v for k, v in packet_fields(packet).items() if k in names}
 
     def _learn(self, key: bytes, data: bytes, start: int, end: int) -> None:
-        if self._count >= self.MAX_LAYOUTS:
+        if self._count >= self.MAX_LAYOUTS or self._failures.get(key, 0) >= self.MAX_FAILURES:
             return
         attrs = [(atype, stop - pos + 4) for atype, pos, stop in iter_attrs(data, start, end)]
-        if not attrs or attrs[-1][0] != ATTR_PAYLOAD:
-            return
-        source = _layout_source(attrs[:-1], self.names)
+        source = None
+        if attrs and attrs[-1][0] == ATTR_PAYLOAD:
+            source = _layout_source(attrs[:-1], self.names)
         if source is None:
+            self._failures[key] = self._failures.get(key, 0) + 1
             return
         namespace = dict(self._namespace)
         exec(compile(source, "<nflog layout>", "exec"), namespace)

@@ -248,14 +248,16 @@ def parse_error(payload: bytes, flags: int) -> ErrorReply:
         raise TruncatedError(f"NLMSG_ERROR of {len(payload)} bytes is too short")
     (code,) = NLMSGERR.unpack_from(payload, 0)
     length, mtype, mflags, seq, pid = NLMSGHDR.unpack_from(payload, 4)
-    echoed_end = 4 + HDRLEN if flags & NLM_F_CAPPED else 4 + min(length, len(payload) - 4)
+    # The echo is at least the request header, even if its length field lies.
+    echoed = HDRLEN if flags & NLM_F_CAPPED else max(HDRLEN, min(length, len(payload) - 4))
+    echoed_end = 4 + echoed
     request = Message(mtype, mflags, seq, pid, payload[4 + HDRLEN : echoed_end])
     reply = ErrorReply(code, request)
     if flags & NLM_F_ACK_TLVS:
         tlvs = attr_bytes(payload, align4(echoed_end), len(payload))
         if NLMSGERR_ATTR_MSG in tlvs:
             reply.message = get_string(tlvs.pop(NLMSGERR_ATTR_MSG))
-        if NLMSGERR_ATTR_OFFS in tlvs:
+        if len(tlvs.get(NLMSGERR_ATTR_OFFS, b"")) >= _U32.size:
             reply.offset = _U32.unpack_from(tlvs.pop(NLMSGERR_ATTR_OFFS))[0]
         reply.extras = tlvs
     return reply

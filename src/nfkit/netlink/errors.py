@@ -24,7 +24,7 @@ class NetlinkError(NfkitError, OSError):
         message: str = "",
         offset: int | None = None,
     ) -> None:
-        text = os.strerror(code)
+        text = _KERNEL_ONLY_ERRNOS.get(code) or os.strerror(code)
         if message:
             text = f"{text}: {message}"
         if operation:
@@ -41,6 +41,10 @@ class NetlinkError(NfkitError, OSError):
         """Build the most specific subclass for ``code``."""
         cls = _BY_ERRNO.get(code, NetlinkError)
         return cls(code, operation, message, offset)
+
+
+# errnos the kernel leaks although libc has no text for them ("Unknown error 524").
+_KERNEL_ONLY_ERRNOS = {524: "Operation not supported (ENOTSUPP)"}
 
 
 class NetlinkPermissionError(NetlinkError, PermissionError):

@@ -7,6 +7,7 @@ that overflows it is detected (MSG_TRUNC) rather than silently cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from types import TracebackType
@@ -46,6 +47,10 @@ class NetlinkSocket:
             raise
         self.protocol = protocol
         self.portid: int = self._sock.getsockname()[0]
+        # Let the kernel say *why* it refused a request (text and offset in
+        # NetlinkError); kernels before 4.12 lack the option.
+        with contextlib.suppress(OSError):
+            self.set_option(NETLINK_EXT_ACK)
         self._buffer = bytearray(recv_size)
         self._view = memoryview(self._buffer)
 
