@@ -88,24 +88,7 @@ class GroupReader:
             flags |= nflog.Flag.SEQ_GLOBAL
         if any(s.settings["attach_conntrack"] for s in self.subscribers):
             flags |= nflog.Flag.CONNTRACK
-        wanted = set()
-        for sub in self.subscribers:
-            if sub.wanted is None:
-                wanted = set(FIELD_KEYS.values()) | {SEQ_KEY, "oob.seq.global"}
-                break
-            wanted |= sub.wanted
-        names = {f: k for f, k in FIELD_KEYS.items() if k in wanted or k == "raw.pkt"}
-        # The payload is always kept: BASE, PCAP and checks need it.
-        names["payload_len"] = "raw.pktlen"
-        names["family"] = "oob.family"
-        seq_public = any(s.settings["seq_local"] for s in self.subscribers)
-        names["seq"] = SEQ_KEY if seq_public else INTERNAL_SEQ
-        if "oob.seq.global" in wanted:
-            names["seq_global"] = "oob.seq.global"
-        if "raw.mac.addrlen" in wanted:
-            names["hwaddr"] = "raw.mac.saddr"
-        self.seq_key = names["seq"]
-        self.parser = nflog.PacketParser(names)
+        self.parser, self.seq_key = self.parser_for(self.subscribers)
         try:
             sock = nflog.NflogSocket(receive_buffer=self._buffer if self._buffer else 0)
             if self.group == 0 or any(s.settings["bind"] for s in self.subscribers):
@@ -137,6 +120,29 @@ class GroupReader:
         sock.sock.set_blocking(False)
         self.sock = sock
         self.context.loop.add_reader(sock.fileno(), self.on_readable)
+
+    @staticmethod
+    def parser_for(subscribers: list[NFLOG]) -> tuple[nflog.PacketParser[Event], str]:
+        """A parser producing only the keys some subscriber's stacks read.
+
+        Returns the parser and the key the sequence number goes under.
+        """
+        wanted: set[str] = set()
+        for sub in subscribers:
+            if sub.wanted is None:
+                wanted = set(FIELD_KEYS.values()) | {SEQ_KEY, "oob.seq.global"}
+                break
+            wanted |= sub.wanted
+        # The payload and family are always kept: BASE, PCAP and checks need them.
+        names = {f: k for f, k in FIELD_KEYS.items() if k in wanted}
+        names.update(payload="raw.pkt", payload_len="raw.pktlen", family="oob.family")
+        seq_public = any(s.settings["seq_local"] for s in subscribers)
+        names["seq"] = SEQ_KEY if seq_public else INTERNAL_SEQ
+        if "oob.seq.global" in wanted:
+            names["seq_global"] = "oob.seq.global"
+        if "raw.mac.addrlen" in wanted:
+            names["hwaddr"] = "raw.mac.saddr"
+        return nflog.PacketParser(names), names["seq"]
 
     def stop(self) -> None:
         if self.sock is not None:
