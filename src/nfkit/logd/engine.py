@@ -11,8 +11,8 @@ left feeding a freed stack.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from nfkit.logd.config import ConfigFile, StackLine, plugin_name_from_path
 from nfkit.logd.errors import ConfigError, StartError
@@ -33,7 +33,6 @@ class Stack:
     errors: int = 0
     stopped: int = 0
     events: int = 0
-    _steps: tuple[Callable[[Event], int | None], ...] = field(default=(), repr=False)
 
     @property
     def input(self) -> InputPlugin:
@@ -46,24 +45,33 @@ class Stack:
         return ",".join(f"{p.id}:{p.name}" for p in self.elements)
 
     def compile(self) -> None:
-        """Precompute the per-event call chain."""
-        self._steps = tuple(p.interp for p in self.elements[1:])
+        """Generate this stack's per-event function: the plugin calls, unrolled."""
+        names = {f"step{i}": p.interp for i, p in enumerate(self.elements[1:])}
+        lines = ["def run(event):", "    stack.events += 1"]
+        for name in names:
+            lines += [
+                f"    result = {name}(event)",
+                "    if result:",
+                "        return finish(result)",
+            ]
+        namespace: dict[str, object] = {"stack": self, "finish": self._finish, **names}
+        exec(compile("\n".join(lines), f"<stack {self.text}>", "exec"), namespace)
+        self.run = namespace["run"]  # type: ignore[method-assign,assignment]
 
     def run(self, event: Event) -> None:
-        """Propagate one event; a plugin's STOP or ERROR ends it for this stack."""
-        self.events += 1
-        for step in self._steps:
-            result = step(event)
-            if result:
-                if result == STOP:
-                    self.stopped += 1
-                elif result == ERROR:
-                    self.errors += 1
-                    log.debug("stack %s: event dropped by an ERROR result", self.text)
-                else:
-                    self.errors += 1
-                    log.warning("stack %s: unknown return value %r", self.text, result)
-                return
+        """Propagate one event (replaced by the compiled version in compile())."""
+        raise RuntimeError("stack used before compile()")
+
+    def _finish(self, result: int) -> None:
+        """A plugin's STOP or ERROR ended the event for this stack."""
+        if result == STOP:
+            self.stopped += 1
+        elif result == ERROR:
+            self.errors += 1
+            log.debug("stack %s: event dropped by an ERROR result", self.text)
+        else:
+            self.errors += 1
+            log.warning("stack %s: unknown return value %r", self.text, result)
 
 
 class Pipeline:
@@ -210,19 +218,24 @@ class Pipeline:
                         self._start_one(plugin, stack)
                 stack.input.attach(stack.run, self.wanted_keys(stack))
             for plugin in self.inputs.values():
-                self._start_one(plugin, next(s for s in self.stacks if s.input is plugin))
+                self._start_one(plugin, self._stack_of(plugin))
             for plugin in self.inputs.values():
-                try:
-                    plugin.activate()
-                except OSError as exc:
-                    raise StartError(f"{plugin.id}:{plugin.name} failed to start: {exc}") from exc
+                self._start_one(plugin, self._stack_of(plugin), activate=True)
         except BaseException:
             self.stop()
             raise
 
-    def _start_one(self, plugin: Plugin, stack: Stack) -> None:
+    def _stack_of(self, plugin: InputPlugin) -> Stack:
+        return next(s for s in self.stacks if s.input is plugin)
+
+    def _start_one(self, plugin: Plugin, stack: Stack, activate: bool = False) -> None:
+        """start() (or, for inputs, activate()) ``plugin``; errors name the stack line."""
         try:
-            plugin.start()
+            if activate:
+                assert isinstance(plugin, InputPlugin)
+                plugin.activate()
+            else:
+                plugin.start()
         except StartError as exc:
             if exc.where:
                 raise
@@ -235,7 +248,8 @@ class Pipeline:
                 stack.where,
                 "check permissions and paths in its section",
             ) from exc
-        self._started.append(plugin)
+        if not activate:
+            self._started.append(plugin)
 
     def stop(self) -> None:
         """Stop inputs first (no new events), then filters and outputs (flush)."""
