@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 
 from nfkit.logd.errors import ConfigError
@@ -25,6 +26,7 @@ from nfkit.logd.plugin import Option, Settings
 
 GLOBAL = "global"
 MAX_STRING = 224
+_C_INTEGER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 
 @dataclass(slots=True)
@@ -207,19 +209,19 @@ def parse_int(text: str, name: str, where: str) -> int:
     value = text.strip()
     negative = value.startswith("-")
     digits = value[1:] if negative or value.startswith("+") else value
-    try:
-        if digits.lower().startswith("0x"):
-            number = int(digits[2:], 16)
-        elif len(digits) > 1 and digits.startswith("0"):
-            number = int(digits[1:], 8)
-        else:
-            number = int(digits, 10)
-    except ValueError:
+    # Python's int() would also take "1_000" and surrounding blanks; C does not.
+    if not _C_INTEGER.fullmatch(digits):
         raise ConfigError(
             f"option {name!r} needs an integer, got {text!r}",
             where,
             "write a decimal, 0x-prefixed hex or 0-prefixed octal number",
-        ) from None
+        )
+    if digits[:2].lower() == "0x":
+        number = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        number = int(digits, 8)
+    else:
+        number = int(digits, 10)
     if negative:
         number = -number
     if not -(2**63) <= number < 2**64:

@@ -77,7 +77,9 @@ class Pidfile:
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # flock, not lockf: a POSIX record lock belongs to the process and
+            # is lost when --daemon forks; a flock lock follows the descriptor.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             other = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
@@ -99,7 +101,9 @@ class Pidfile:
 
     def release(self) -> None:
         if self.fd is not None:
-            with contextlib.suppress(FileNotFoundError):
+            # After -u the directory may not be ours any more: the file stays,
+            # unlocked, and the next start treats it as stale.
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
             os.close(self.fd)
             self.fd = None
@@ -141,7 +145,6 @@ class Daemon:
             )
         self.log.setLevel(python_level(ulogd_level or 5))
         self.log.propagate = False
-        self._open_log_handler()
 
     def _open_log_handler(self) -> None:
         if self._handler is not None:
@@ -181,6 +184,8 @@ class Daemon:
     def run(self) -> int:
         """Start everything and serve until SIGTERM/SIGINT; returns the exit code."""
         pipeline = self.pipeline or self.load()
+        # Opened here, not in load(): --check and the root check come first.
+        self._open_log_handler()
         if self.options.pidfile:
             self.pidfile = Pidfile(os.path.abspath(self.options.pidfile))
             self.pidfile.acquire()

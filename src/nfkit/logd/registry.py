@@ -8,6 +8,7 @@ import pkgutil
 from nfkit.logd.plugin import Plugin
 
 _PLUGINS: dict[str, type[Plugin]] = {}
+_discovered = False
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:
@@ -20,11 +21,15 @@ def register(cls: type[Plugin]) -> type[Plugin]:
 
 def plugins() -> dict[str, type[Plugin]]:
     """Every built-in plugin (imports the plugin modules on first use)."""
-    if not _PLUGINS:
+    global _discovered
+    # A flag, not "is the table empty": importing one plugin module directly
+    # registers it before discovery ever ran.
+    if not _discovered:
         import nfkit.logd.plugins as package
 
         for info in pkgutil.iter_modules(package.__path__):
             importlib.import_module(f"{package.__name__}.{info.name}")
+        _discovered = True
     return _PLUGINS
 
 
