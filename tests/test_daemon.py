@@ -135,8 +135,8 @@ class Logd:
         assert len(lines) == count
         return lines
 
-    def send(self, count: int, size: int = 64) -> None:
-        self.lab.udp(self.lab.a, self.lab.b.ip4, PORT, count=count, size=size)
+    def send(self, count: int, size: int = 64, rate: float | None = None) -> None:
+        self.lab.udp(self.lab.a, self.lab.b.ip4, PORT, count=count, size=size, rate=rate)
 
     def statistics(self) -> tuple[int, int, int] | None:
         """The latest loss summary: (received, lost to sequence gaps, overruns)."""
@@ -403,7 +403,7 @@ def test_losses_are_accounted(logging_lab: Lab, workdir: Path) -> None:
     finally:
         logd.proc.send_signal(signal.SIGCONT)
     logd.wait_statistics(lambda stats: stats[2] >= 1)  # the overrun was noticed
-    logd.send(5)  # sequence numbers after the loss show how many went missing
+    logd.send(5, rate=100)  # sequence numbers after the loss show how many went missing
     received, lost, overruns = logd.wait_statistics(lambda stats: stats[0] + stats[1] == 205)
     assert lost > 0 and overruns >= 1
     assert received >= 5
