@@ -98,7 +98,8 @@ def main() -> None:
         if profiler:
             profiler.disable()
         cpu = time.process_time() - cpu
-        pipeline.stop()
+        for plugin in pipeline.instances():
+            plugin.stop()  # flushes LOGEMU
         with open(path) as fh:
             lines = sum(1 for _ in fh)
         print(f"{lines} lines, {cpu / lines * 1e6:.2f} us CPU per packet (whole stack)")

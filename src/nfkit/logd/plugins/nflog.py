@@ -184,8 +184,11 @@ class GroupReader:
             seq = event.get(key)
             if seq is None:
                 continue
-            if last is not None and seq != (last + 1) & 0xFFFFFFFF:
-                self.lost_gaps += (seq - last - 1) & 0xFFFFFFFF
+            if last is not None:
+                gap = (seq - last - 1) & 0xFFFFFFFF
+                # A jump backwards (a rebind restarts the counter) is no loss.
+                if gap < 0x80000000:
+                    self.lost_gaps += gap
             last = seq
         self._last_seq = last
 
