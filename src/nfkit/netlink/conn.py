@@ -69,7 +69,7 @@ class Connection:
         on_unsolicited: Callable[[Message], None] | None = None,
     ) -> None:
         self.transport = transport
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(0)
         self._on_unsolicited = on_unsolicited
 
     @classmethod

@@ -89,8 +89,8 @@ class GroupReader:
         if any(s.settings["attach_conntrack"] for s in self.subscribers):
             flags |= nflog.Flag.CONNTRACK
         self.parser, self.seq_key = self.parser_for(self.subscribers)
+        sock = nflog.NflogSocket(receive_buffer=self._buffer if self._buffer else 0)
         try:
-            sock = nflog.NflogSocket(receive_buffer=self._buffer if self._buffer else 0)
             if self.group == 0 or any(s.settings["bind"] for s in self.subscribers):
                 for family in FAMILIES_FOR_SYSTEM_LOGGING:
                     if first["unbind"]:
@@ -107,12 +107,14 @@ class GroupReader:
                 flags=flags,
             )
         except NetlinkPermissionError as exc:
+            sock.close()
             raise StartError(
                 f"cannot bind NFLOG group {self.group}: another program owns it ({exc.strerror})",
                 fix="stop the other listener (ulogd, tcpdump -i nflog:N, another nfkit) or use "
                 "another group; stacks inside one nfkit logd may share a group freely",
             ) from exc
         except NetlinkError as exc:
+            sock.close()
             raise StartError(
                 f"cannot bind NFLOG group {self.group}: {exc}",
                 fix="nfkit logd needs root (CAP_NET_ADMIN) and a kernel with nfnetlink_log",
