@@ -104,6 +104,8 @@ class DaemonRun:
     kind: str  # "ulogd" or "nfkit"
     workdir: Path
     config_text: str
+    #: prepended to the daemon's argv, e.g. ``("taskset", "-c", "1")`` (execs: same pid)
+    wrapper: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
     returncode: int | None = None
     cpu_at_ready: float = 0.0
@@ -121,7 +123,7 @@ class DaemonRun:
 
     def start(self, timeout: float = 20.0) -> DaemonRun:
         """Start in the foreground; return once the daemon reports its main loop."""
-        argv = ARGV[self.kind](self.config, self.workdir / "daemon.pid")
+        argv = [*self.wrapper, *ARGV[self.kind](self.config, self.workdir / "daemon.pid")]
         with self._stdout.open("wb") as out:
             self.proc = self.lab.popen(self.ns, *argv, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -191,6 +193,14 @@ class DaemonRun:
 
     def output(self, name: str) -> str:
         return (self.workdir / name).read_text(errors="replace")
+
+    def count_lines(self, name: str) -> int:
+        """Lines in an output file (0 when the daemon never created it)."""
+        try:
+            with (self.workdir / name).open("rb") as f:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        except FileNotFoundError:
+            return 0
 
 
 def iptables_restore(lab: Lab, ns: Node, rules: str, ipv6: bool = False) -> None:

@@ -25,9 +25,11 @@ that nothing else varies between two readers of the same packets.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
+import os
 import re
 import shutil
 import socket
@@ -70,10 +72,11 @@ HOOK_INPUT, HOOK_OUTPUT = 1, 3
 #: packets (nfnetlink_log stamps hooks 0-2 only) normally share the skb's
 #: receive stamp, but TCP segments carry the sender's monotonic delivery time,
 #: for which the kernel reads the real-time clock once per NFLOG rule: a few
-#: microseconds apart.  Outbound packets get no kernel stamp, each daemon uses
-#: its own clock when it reads the batch, and the kernel holds batches up to
-#: its 1 s flush timer.
-KERNEL_STAMP_JITTER = timedelta(microseconds=100)
+#: microseconds apart (2 ms leaves room for a virtual CPU being descheduled
+#: between the two rules).  Outbound packets get no kernel stamp, each daemon
+#: uses its own clock when it reads the batch, and the kernel holds batches up
+#: to its 1 s flush timer.
+KERNEL_STAMP_JITTER = timedelta(milliseconds=2)
 DAEMON_CLOCK_TOLERANCE = timedelta(seconds=2.5)
 
 
@@ -124,7 +127,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -292,9 +295,26 @@ class Scenario:
     logged_by_kernel: int
 
 
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """Run this process, and every program it starts, on a single CPU.
+
+    The kernel evaluates both NFLOG rules of a packet in one softirq, but a
+    program on another CPU can change the packet's socket in between: the
+    server's accept() attaching the file makes UID/GID appear for the second
+    group only.  On one CPU the two rules always see the same socket.
+    """
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run_scenario(kinds: tuple[str, str], workdir: Path) -> Scenario:
     """Run daemon ``kinds[0]`` on group 1 and ``kinds[1]`` on group 2, same traffic."""
-    with Lab() as lab:
+    with one_cpu(), Lab() as lab:
         iptables_restore(lab, lab.b, mangle_rules())
         iptables_restore(lab, lab.b, mangle_rules(), ipv6=True)
         runs = []
