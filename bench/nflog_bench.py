@@ -70,8 +70,9 @@ class Run:
     reached: int  # packets the kernel handed to the NFLOG rule
     logged: int
     cpu: float  # seconds, user+sys
-    overruns: str  # what the daemon said about lost events
+    reported_loss: int  # what the daemon's own log says it lost (see loss_report)
     load: float  # the machine's CPU use just before the run (0-1)
+    per_packet_runs: tuple[float, ...] = ()  # CPU µs/packet of each averaged run
 
     @property
     def lost(self) -> int:
@@ -117,13 +118,16 @@ def pin(cpu: int) -> tuple[str, ...]:
     return ("taskset", "-c", str(cpu)) if (os.cpu_count() or 1) >= 2 else ()
 
 
-def loss_notes(kind: str, log: str) -> str:
-    """What the daemon's own log says about lost events."""
+#: What each daemon's log says about losses: ulogd logs a notice per socket
+#: overrun (ENOBUFS) without counting packets; nfkit counts sequence gaps.
+LOSS_REPORT = {"ulogd": "ENOBUFS notices", "nfkit": "packets lost (sequence gaps)"}
+
+
+def loss_report(kind: str, log: str) -> int:
     if kind == "ulogd":
-        count = log.count("We are losing events")
-        return f"{count} ENOBUFS notices" if count else "-"
-    m = re.findall(r"NFLOG group \d+: .*", log)
-    return m[-1].split(": ", 1)[1] if m else "-"
+        return log.count("We are losing events")
+    gaps = re.findall(r"NFLOG group \d+: \d+ packets received, (\d+) lost", log)
+    return int(gaps[-1]) if gaps else 0
 
 
 def run_one(lab: Lab, kind: str, rate: float, packets: int, size: int, workdir: Path,
@@ -148,7 +152,7 @@ def run_one(lab: Lab, kind: str, rate: float, packets: int, size: int, workdir: 
         if daemon.stop() != 0:
             raise RuntimeError(f"{kind} exited with {daemon.returncode}\n{daemon.diagnostics()}")
         return Run(kind, rate, sender["sent"], sender["pps"], reached,
-                   daemon.count_lines("emu.log"), cpu, loss_notes(kind, daemon.log_text()), load)
+                   daemon.count_lines("emu.log"), cpu, loss_report(kind, daemon.log_text()), load)
     finally:
         daemon.kill()
 
@@ -162,16 +166,23 @@ def mean_run(runs: list[Run]) -> Run:
 
     return Run(first.kind, first.rate, round(avg("sent")), avg("sender_pps"),
                round(avg("reached")), round(avg("logged")), avg("cpu"),
-               "; ".join(sorted({r.overruns for r in runs})), max(r.load for r in runs))
+               round(avg("reported_loss")), max(r.load for r in runs),
+               tuple(r.cpu_us_per_packet for r in runs))
 
 
 def rate_label(rate: float) -> str:
     return f"{rate / 1000:g}k pps" if rate else "full blast"
 
 
+def spread(values: tuple[float, ...]) -> str:
+    """`` (min-max)`` of repeated runs, empty for a single run."""
+    return f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+
+
 def table(results: dict[float, dict[str, Run]]) -> str:
     head = ("| target rate | daemon | sent | sender's real rate | reached NFLOG rule | logged "
-            "| lost (sent - logged) | CPU s | CPU µs / logged packet | daemon's loss report "
+            "| lost (sent - logged) | CPU s | CPU µs / logged packet (range) "
+            "| daemon's own loss report "
             "| other load before |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rate, by_kind in results.items():
@@ -180,7 +191,8 @@ def table(results: dict[float, dict[str, Run]]) -> str:
             loss = f"{r.lost} ({100 * r.lost / r.sent:.1f} %)" if r.sent else "-"
             lines.append(f"| {rate_label(rate)} | {kind} | {r.sent} | {r.sender_pps:,.0f} pps "
                          f"| {r.reached} | {r.logged} | {loss} | {r.cpu:.2f} "
-                         f"| {r.cpu_us_per_packet:.2f} | {r.overruns} | {100 * r.load:.0f} % |")
+                         f"| {r.cpu_us_per_packet:.2f}{spread(r.per_packet_runs)} "
+                         f"| {r.reported_loss} {LOSS_REPORT[kind]} | {100 * r.load:.0f} % |")
         u, n = by_kind["ulogd"], by_kind["nfkit"]
         lines.append(f"| {rate_label(rate)} | **nfkit / ulogd** | | | | "
                      f"{n.logged / u.logged if u.logged else float('nan'):.2f} | | "
