@@ -192,7 +192,8 @@ class DaemonRun:
                 self.proc.wait(timeout=5)
 
     def output(self, name: str) -> str:
-        return (self.workdir / name).read_text(errors="replace")
+        # surrogateescape: bytes that are not UTF-8 (a prefix can hold any) stay distinct
+        return (self.workdir / name).read_text(errors="surrogateescape")
 
     def count_lines(self, name: str) -> int:
         """Lines in an output file (0 when the daemon never created it)."""
@@ -203,7 +204,7 @@ class DaemonRun:
             return 0
 
 
-def iptables_restore(lab: Lab, ns: Node, rules: str, ipv6: bool = False) -> None:
+def iptables_restore(lab: Lab, ns: Node, rules: str | bytes, ipv6: bool = False) -> None:
     """Apply an ``iptables-restore --noflush`` batch atomically (one transaction)."""
     cmd = "ip6tables-restore" if ipv6 else "iptables-restore"
     lab.run(ns, cmd, "--noflush", input=rules)

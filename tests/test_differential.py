@@ -61,12 +61,23 @@ STACKS = (
 )
 FILES = {"emu1": "emu.log", "json1": "json.log"}
 GROUPS = (1, 2)
-# A trailing space in a prefix shows PRINTPKT's extra separator ("out:  IN=").
-PREFIXES = {"INPUT": "in", "OUTPUT": "out: "}
+#: (ip6tables?, chain) -> [(match, prefix)]: every packet matches exactly one
+#: entry.  The prefixes cover PRINTPKT's extra separator (a trailing space gives
+#: "out:  IN="), no prefix at all, JSON escapes and UTF-8, and bytes that are
+#: not UTF-8 (jansson leaves such a string out of the object).
+LOG_RULES: dict[tuple[bool, str], list[tuple[str, bytes | None]]] = {
+    (False, "INPUT"): [("", b"in")],
+    (False, "OUTPUT"): [("", b"out: ")],
+    (True, "INPUT"): [("-p ipv6-icmp", None), ("! -p ipv6-icmp", b"in6 \xff\xfe")],
+    (True, "OUTPUT"): [("", '6out "q" \\ é'.encode())],
+}
 MARK = 0x2A
 UID, GID = 4242, 4343  # the non-root owner of b's client sockets
 DATA = b"nfkit differential test\n"
-TCP_IN, TCP_OUT, UDP_OUT, UDP_CLOSED, UDP_REJECTED = 8080, 8081, 5000, 5001, 5002
+TCP_IN, TCP_OUT, TCP_URGENT, TCP_CLOSED = 8080, 8081, 8082, 8083
+UDP_OUT, UDP_CLOSED, UDP_REJECTED = 5000, 5001, 5002
+URGENT = b"!"  # one out-of-band byte: a segment with URG and URGP=
+BIG = 3000  # UDP payload bytes: more than the MTU (logged before fragmentation)
 HOOK_INPUT, HOOK_OUTPUT = 1, 3
 #: How far the two groups' timestamps of one packet may be apart.  Inbound
 #: packets (nfnetlink_log stamps hooks 0-2 only) normally share the skb's
@@ -90,20 +101,27 @@ def mangle_rules() -> str:
     )
 
 
-def logging_rules(ipv6: bool) -> str:
+def logging_rules(ipv6: bool) -> bytes:
     """Each packet in and out of b logged to both groups, in one transaction.
 
     Nothing excludes ICMPv6, so neighbour discovery is logged too.  UDP to
     UDP_REJECTED is answered by an ICMP error with code 0 (not an echo), the
     case where ulogd's PRINTPKT prints a bogus ``ID=0 SEQ=0``.
     """
-    reject = "icmp6-no-route" if ipv6 else "icmp-net-unreachable"
-    lines = ["*filter"]
-    for chain, prefix in PREFIXES.items():
-        for group in GROUPS:
-            lines.append(f'-A {chain} -j NFLOG --nflog-group {group} --nflog-prefix "{prefix}"')
-    lines.append(f"-A INPUT -p udp --dport {UDP_REJECTED} -j REJECT --reject-with {reject}")
-    return "\n".join([*lines, "COMMIT", ""])
+    reject = b"icmp6-no-route" if ipv6 else b"icmp-net-unreachable"
+    lines = [b"*filter"]
+    for (family_v6, chain), entries in LOG_RULES.items():
+        if family_v6 != ipv6:
+            continue
+        for match, prefix in entries:
+            for group in GROUPS:
+                rule = f"-A {chain} {match} -j NFLOG --nflog-group {group}".encode()
+                if prefix is not None:  # iptables-restore quoting
+                    quoted = prefix.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+                    rule += b' --nflog-prefix "%s"' % quoted
+                lines.append(rule)
+    lines.append(b"-A INPUT -p udp --dport %d -j REJECT --reject-with %s" % (UDP_REJECTED, reject))
+    return b"\n".join([*lines, b"COMMIT", b""])
 
 
 # Inserted above the NFLOG rules: logging stops at the same packet for both groups
@@ -236,16 +254,47 @@ def run_as_user(lab: Lab, ns: Any, *argv: str) -> None:
     lab.run(ns, *setpriv, *argv, timeout=30)
 
 
+def urgent_exchange(lab: Lab, ns: Any, dst: str, port: int) -> None:
+    """A connection from ``ns`` sending URGENT out of band, then DATA; echoed back."""
+    with lab.tcp_server(lab.owner_of(dst), port) as server:
+        with lab.entered(ns):
+            sock = socket.create_connection((dst, port), timeout=10)
+        with sock:
+            sock.send(URGENT, socket.MSG_OOB)
+            sock.sendall(DATA)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        server.result()
+
+
+def refused_connection(lab: Lab, ns: Any, dst: str, port: int) -> None:
+    """SYN to a closed port: answered by RST/ACK."""
+    with lab.entered(ns):
+        sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
+    with sock, contextlib.suppress(ConnectionRefusedError):
+        sock.settimeout(10)
+        sock.connect((dst, port))
+        raise AssertionError(f"{dst}:{port} accepted a connection")
+
+
 def generate_traffic(lab: Lab) -> None:
     a, b = lab.a, lab.b
     for dst in (b.ip4, b.ip6):  # echo in, reply out; first IPv6 contact runs ND
         assert dst is not None and lab.ping(a, dst, count=2, interval=0.05)
     for dst in (a.ip4, a.ip6):  # echo out, reply in
         assert dst is not None and lab.ping(b, dst, count=1)
+    for dst in ("127.0.0.1", "::1"):  # loopback: in and out on lo, whose header is all zeros
+        assert lab.ping(b, dst, count=1)
+    # a asks for ECN: ECE/CWR in the handshake, ECT in TOS / traffic class
+    lab.sysctl(a, "net.ipv4.tcp_ecn", 1)
     for b_addr, a_addr in ((b.ip4, a.ip4), (b.ip6, a.ip6)):
         assert b_addr is not None and a_addr is not None
         # inbound connection (marked on PREROUTING): SYN, SYN/ACK, PSH/ACK, FIN
         assert lab.tcp_exchange(a, b_addr, TCP_IN, data=DATA) == DATA
+        urgent_exchange(lab, b, a_addr, TCP_URGENT)
+        refused_connection(lab, a, b_addr, TCP_CLOSED)  # SYN in, RST/ACK out
+        refused_connection(lab, b, a_addr, TCP_CLOSED)  # SYN out, RST/ACK in
         # outbound connection from a socket owned by UID/GID
         with lab.tcp_server(a, TCP_OUT) as server:
             run_as_user(lab, b, *traffic_argv("tcp-client", "--dst", a_addr, "--port",
@@ -259,18 +308,24 @@ def generate_traffic(lab: Lab) -> None:
         # inbound UDP answered by ICMP errors: port unreachable, then REJECT's code 0
         lab.udp(a, b_addr, UDP_CLOSED, count=1, size=8)
         lab.udp(a, b_addr, UDP_REJECTED, count=1, size=8)
+        # more than the MTU: reassembled before INPUT, fragmented after OUTPUT
+        lab.udp(a, b_addr, UDP_CLOSED, count=1, size=BIG)
+        lab.udp(b, a_addr, UDP_CLOSED, count=1, size=BIG)
     send_crafted_packets(lab)
     time.sleep(0.3)  # let b's last ICMP errors go out before logging stops
 
 
 def nflog_rule_packets(lab: Lab, group: int) -> int:
-    """Packets the kernel handed to ``group`` (the NFLOG rules' counters)."""
+    """Packets the kernel handed to ``group`` (the NFLOG rules' counters).
+
+    Read as bytes: a prefix need not be UTF-8 (``Lab.rule_counters`` decodes).
+    """
     total = 0
-    for ipv6 in (False, True):
-        for chain in PREFIXES:
-            for rule in lab.rule_counters(lab.b, chain, ipv6=ipv6):
-                if f"--nflog-group {group}" in rule.rule:
-                    total += rule.packets
+    for save in ("iptables-save", "ip6tables-save"):
+        dump = lab.run(lab.b, save, "-c", "-t", "filter", text=False).stdout
+        for m in re.finditer(rb"^\[(\d+):\d+\] -A \S+ .*--nflog-group (\d+)", dump, re.M):
+            if int(m[2]) == group:
+                total += int(m[1])
     return total
 
 
@@ -422,8 +477,9 @@ ULOGD_BUG_FIXES = (
         ident=0xC0006,
         json_added={"src_port": 5000, "dest_port": 5001, "sctp.csum": SCTP_CHECKSUM}),
     # A non-first fragment has no L4 header; the kernel's LOG prints just the name.
+    # (b does not reassemble IPv6 before INPUT: the big datagram and 0xC0003.)
     Fix("non-first IPv6 fragment: PROTO=<name> alone, not INCOMPLETE",
-        "PROTO=UDP INCOMPLETE", "PROTO=UDP ", ident=0xC0003),
+        r"(FRAG: [1-9]\d* ID: [0-9a-f]{8} PROTO=\w+ )INCOMPLETE", r"\1"),
     # PRINTPKT 2.0.8 writes INCOMPLETE without the space every other item ends with.
     Fix("INCOMPLETE is followed by a space", r"INCOMPLETE(?=\S)", "INCOMPLETE "),
 )
@@ -559,9 +615,9 @@ def tcp_offset_check(ulogd: dict[str, Any], other: dict[str, Any]) -> str | None
     2.0.8 byte-swaps the 4-bit data-offset field, which yields 0 on
     little-endian hosts.  The real value is checked against ulogd's own
     lengths: the TCP length minus 4*offset must be the payload, which in this
-    traffic is DATA on PSH segments and nothing otherwise.  (``tcp.reserved``
-    has the same bug, but its real value is 0 in Linux's segments, so it
-    needs no entry.)
+    traffic is URGENT on URG segments, DATA on other PSH segments and nothing
+    otherwise.  (``tcp.reserved`` has the same bug, but its real value is 0 in
+    Linux's segments, so it needs no entry.)
     """
     if ulogd["tcp.offset"] != 0:
         return f"ulogd printed tcp.offset={ulogd['tcp.offset']} (expected its bug's 0)"
@@ -569,7 +625,8 @@ def tcp_offset_check(ulogd: dict[str, Any], other: dict[str, Any]) -> str | None
         l4_length = ulogd["ip.totlen"] - 4 * ulogd["ip.ihl"]
     else:
         l4_length = ulogd["ip6.payloadlen"]
-    words = (l4_length - (len(DATA) if ulogd["tcp.psh"] else 0)) // 4
+    payload = len(URGENT) if ulogd["tcp.urg"] else len(DATA) if ulogd["tcp.psh"] else 0
+    words = (l4_length - payload) // 4
     if other["tcp.offset"] != words:
         return f"tcp.offset: {other['tcp.offset']}, the TCP header has {words} words"
     return None
@@ -671,7 +728,7 @@ def test_every_packet_is_logged_once_per_stack(scenario: Scenario) -> None:
 
 def test_traffic_covers_the_cases(scenario: Scenario) -> None:
     """ulogd's output proves the scenario exercised what it claims."""
-    text = "\n".join(scenario.first.emu)
+    text = "\n".join(split_logemu(line)[2] for line in scenario.first.emu)
     wanted = {
         "ICMP echo in": "PROTO=ICMP TYPE=8 CODE=0 ID=",
         "ICMP echo reply out": "PROTO=ICMP TYPE=0 CODE=0 ID=",
@@ -691,9 +748,18 @@ def test_traffic_covers_the_cases(scenario: Scenario) -> None:
         "mark": f"MARK={MARK:#x} ",
         "uid/gid": f"UID={UID} GID={GID} ",
         "prefix with trailing space": "out:  IN= OUT=",
+        "no prefix": "^ IN=",
+        "prefix with quotes, backslash, UTF-8": r'^6out "q" \\ é IN=',
+        "prefix that is not UTF-8": "^in6 \udcff\udcfe IN=",
         "MAC header on input": "MAC=" + ":".join(["[0-9a-f]{2}"] * 14),
+        "loopback": "IN=lo OUT= MAC=00:00:00:00:00:00:00:00:00:00:00:00:08:00 ",
+        "urgent data": f" URG ACK PSH URGP={len(URGENT)} ",
+        "reset": " ACK RST URGP=0 ",
+        "ECN capable (ECT)": "TOS=02 .* PROTO=TCP",
+        "bigger than the MTU": f"LEN={BIG + 28} ",
+        "IPv6 fragment after the first": "FRAG: [1-9]",
     }
-    missing = [what for what, pattern in wanted.items() if not re.search(pattern, text)]
+    missing = [what for what, pattern in wanted.items() if not re.search(pattern, text, re.M)]
     assert not missing, missing
     for family in ("SRC=192.0.2.", "SRC=2001:db8::"):
         for proto in ("TCP", "UDP"):
@@ -716,10 +782,11 @@ def test_json_objects_identical(scenario: Scenario) -> None:
 
 
 def test_json_serialisation_matches_jansson(scenario: Scenario) -> None:
-    """Separators and quoting as ulogd's jansson writes them (ASCII-only data here)."""
+    """Separators, quoting and UTF-8 as ulogd's jansson writes them."""
     for line in scenario.second.json:
         pairs = json.loads(line, object_pairs_hook=list)
-        assert line == "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+        fields = (f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in pairs)
+        assert line == "{" + ", ".join(fields) + "}"
 
 
 def test_reference_agrees_with_itself(reference_twice: Scenario) -> None:
