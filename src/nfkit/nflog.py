@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -261,7 +262,9 @@ FIELDS = (
 )  # fmt: skip
 
 
-def _layout_source(attrs: list[tuple[int, int]], names: dict[str, str] | None) -> str | None:
+def _layout_source(
+    attrs: list[tuple[int, int]], names: dict[str, str] | None, fill: dict[str, Any] | None = None
+) -> str | None:
     """Python source of a parser for one attribute layout, or None if not compilable.
 
     Packets from one rule and hook share their layout up to the payload, so
@@ -345,7 +348,17 @@ def _layout_source(attrs: list[tuple[int, int]], names: dict[str, str] | None) -
         lines.append(f"    payload = {values.pop('payload')}")
         values["payload"] = "payload"
         values["payload_len"] = "len(payload)"
+        fill = fill or {}
+        if fill.get("ts_sec") is NOW:
+            # A zero kernel timestamp means "none": both fields come from the clock.
+            sec = values.get("ts_sec")
+            values["ts_usec"] = f"{values['ts_usec']} if {sec} else now[1]" if sec else "now[1]"
+            values["ts_sec"] = f"{sec} or now[0]" if sec else "now[0]"
+        for field, default in fill.items():
+            if field not in values and default is not NOW:
+                values[field] = repr(default)
         items = [f"{names[f]!r}: {e}" for f, e in values.items() if f in names]
+        items += [f"{key!r}: {value!r}" for key, value in (fill.get(CONSTANTS) or {}).items()]
         lines.append("    return {" + ", ".join(items) + "}")
     return "\n".join(lines) + "\n"
 
@@ -382,6 +395,11 @@ def packet_fields(packet: LogPacket) -> dict[str, Any]:
 
 Parsed = TypeVar("Parsed")
 
+#: In ``fill``: the time the datagram was parsed (for ``ts_sec``/``ts_usec``).
+NOW = object()
+#: In ``fill``: extra ``{key: value}`` items every dict gets.
+CONSTANTS = "constants"
+
 
 class PacketParser(Generic[Parsed]):
     """Decodes datagrams, compiling a parser for each attribute layout it meets.
@@ -391,6 +409,11 @@ class PacketParser(Generic[Parsed]):
             from :data:`FIELDS` names to the keys of flat dicts to produce
             instead (fields not in the mapping are left out). Dicts skip an
             object per packet, which matters at 100k packets/s.
+        fill: for dicts, values of fields a packet lacks (``{"mark": 0}``);
+            :data:`NOW` for ``ts_sec``/``ts_usec`` uses the parse time when
+            the kernel sent no (or a zero) timestamp; ``{CONSTANTS: {...}}``
+            adds fixed items. Folding them into the compiled code spares a
+            per-packet pass in Python.
 
     Layouts are looked up by the first 16 bytes of a message (family, group,
     ethertype, hook and the next attribute header); a miss decodes with the
@@ -402,8 +425,13 @@ class PacketParser(Generic[Parsed]):
     #: before the parser stops trying: each attempt costs a second attribute walk.
     MAX_FAILURES = 8
 
-    def __init__(self, names: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, names: dict[str, str] | None = None, fill: dict[str, Any] | None = None
+    ) -> None:
         self.names = names
+        self.fill = fill or {}
+        self._now = [0, 0]
+        self._clock = self.fill.get("ts_sec") is NOW
         self._layouts: dict[bytes, list[Callable[[int, int, bytes, int, int], Any]]] = {}
         self._count = 0
         self._failures: dict[bytes, int] = {}
@@ -413,6 +441,7 @@ class PacketParser(Generic[Parsed]):
             "new": LogPacket.__new__,
             "LogPacket": LogPacket,
             "reset": _reset,
+            "now": self._now,
         }
 
     def parse(self, data: bytes) -> tuple[list[Parsed], list[Message]]:
@@ -428,6 +457,10 @@ class PacketParser(Generic[Parsed]):
         layouts = self._layouts
         offset = 0
         total = len(data)
+        if self._clock:
+            now = time.time()
+            self._now[0] = int(now)
+            self._now[1] = int(now * 1e6) % 1000000
         while offset + 16 <= total:
             length, mtype, flags, seq, pid = unpack_hdr(data, offset)
             if length < 16 or offset + length > total:
@@ -456,7 +489,15 @@ class PacketParser(Generic[Parsed]):
         if self.names is None:
             return packet
         names = self.names
-        return {names[k]: v for k, v in packet_fields(packet).items() if k in names}
+        fields = packet_fields(packet)
+        if self._clock and not fields.get("ts_sec"):
+            fields["ts_sec"], fields["ts_usec"] = self._now
+        for field, default in self.fill.items():
+            if default is not NOW and field != CONSTANTS:
+                fields.setdefault(field, default)
+        out = {names[k]: v for k, v in fields.items() if k in names}
+        out.update(self.fill.get(CONSTANTS) or {})
+        return out
 
     def _learn(self, key: bytes, data: bytes, start: int, end: int) -> None:
         if self._count >= self.MAX_LAYOUTS or self._failures.get(key, 0) >= self.MAX_FAILURES:
@@ -464,7 +505,7 @@ class PacketParser(Generic[Parsed]):
         attrs = [(atype, stop - pos + 4) for atype, pos, stop in iter_attrs(data, start, end)]
         source = None
         if attrs and attrs[-1][0] == ATTR_PAYLOAD:
-            source = _layout_source(attrs[:-1], self.names)
+            source = _layout_source(attrs[:-1], self.names, self.fill)
         if source is None:
             self._failures[key] = self._failures.get(key, 0) + 1
             return

@@ -100,9 +100,10 @@ def _tcp(event: Event, pkt: bytes, at: int) -> None:
     event["tcp.rst"] = flags >> 2 & 1
     event["tcp.syn"] = flags >> 1 & 1
     event["tcp.fin"] = flags & 1
-    # glibc's tcphdr: res1 = the 4 reserved bits, res2 = ECE and CWR.
-    event["tcp.res1"] = 1 if offset_reserved & 0x0F else 0
-    event["tcp.res2"] = 1 if flags & 0xC0 else 0
+    # glibc's tcphdr bit-fields: res1 = the 4 reserved bits, res2 = ECE and CWR;
+    # ulogd stores the raw field values in its BOOL keys (res2 = 3 for ECE+CWR).
+    event["tcp.res1"] = offset_reserved & 0x0F
+    event["tcp.res2"] = flags >> 6
     event["tcp.csum"] = csum
 
 

@@ -12,7 +12,6 @@ name that no output prints.
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 from nfkit import nflog
@@ -157,7 +156,18 @@ class GroupReader:
             names["seq_global"] = "oob.seq.global"
         if "raw.mac.addrlen" in wanted:
             names["hwaddr"] = "raw.mac.saddr"
-        return nflog.PacketParser(names), names["seq"]
+        # Items every packet gets are folded into the compiled parsers; a
+        # numeric_label that differs between subscribers is added by each.
+        labels = {s.settings["numeric_label"] for s in subscribers}
+        constants = {"raw.pktcount": 1}
+        if len(labels) == 1:
+            constants["raw.label"] = labels.pop()
+        for sub in subscribers:
+            sub.extra = (
+                {} if "raw.label" in constants else {"raw.label": sub.settings["numeric_label"]}
+            )
+        fill = {"mark": 0, "ts_sec": nflog.NOW, "ts_usec": nflog.NOW, nflog.CONSTANTS: constants}
+        return nflog.PacketParser(names, fill), names["seq"]
 
     def stop(self) -> None:
         if self.sock is not None:
@@ -308,7 +318,8 @@ class NFLOG(InputPlugin):
         if self not in reader.subscribers:
             reader.subscribe(self)
         self.reader = reader
-        self._constants = {"raw.pktcount": 1, "raw.label": self.settings["numeric_label"]}
+        #: Keys the shared parser cannot fold in for this instance (see parser_for).
+        self.extra: Event = {}
         self._want_addrlen = self.wanted is None or "raw.mac.addrlen" in self.wanted
 
     def activate(self) -> None:
@@ -324,17 +335,14 @@ class NFLOG(InputPlugin):
             del self.reader
 
     def deliver_batch(self, events: list[Event]) -> None:
-        constants = self._constants
-        now = 0.0
         emit = self.emit
+        extra = self.extra
+        if not extra and not self._want_addrlen:
+            for event in events:
+                emit(event)
+            return
         for event in events:
-            event.update(constants)
-            if "oob.mark" not in event:
-                event["oob.mark"] = 0
-            if not event.get("oob.time.sec"):
-                now = now or time.time()
-                event["oob.time.sec"] = int(now)
-                event["oob.time.usec"] = int(now * 1e6) % 1000000
+            event.update(extra)
             if self._want_addrlen and "raw.mac.saddr" in event:
                 event["raw.mac.addrlen"] = len(event["raw.mac.saddr"])
             emit(event)
