@@ -24,8 +24,8 @@ if [ -n "$need" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
-# Debian starts ulogd2 after installing it where an init system runs; our tests
-# need the machine's own namespace untouched, so make sure it is not running.
-if pgrep -x ulogd >/dev/null 2>&1; then
-    (systemctl stop ulogd2 2>/dev/null || service ulogd2 stop 2>/dev/null || pkill -x ulogd) || true
+# Where an init system runs, Debian starts ulogd2 after installing it; stop
+# that service (never other ulogd processes: tests run their own in labs).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ulogd2 2>/dev/null; then
+    systemctl stop ulogd2 || true
 fi

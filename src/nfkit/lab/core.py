@@ -767,6 +767,8 @@ class Lab:
                 input=input,
                 capture_output=True,
                 text=text,
+                # Output may hold non-UTF-8 bytes (e.g. a rule's log prefix).
+                errors="replace" if text else None,
                 timeout=timeout,
                 env=self.env if env is None else env,
                 check=False,
