@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -262,93 +263,117 @@ FIELDS = (
 )  # fmt: skip
 
 
-def _layout_source(
-    attrs: list[tuple[int, int]], names: dict[str, str] | None, fill: dict[str, Any] | None = None
-) -> str | None:
-    """Python source of a parser for one attribute layout, or None if not compilable.
+#: Compiled layouts compare headers (host order) as one little-endian integer.
+COMPILABLE = sys.byteorder == "little"
 
-    Packets from one rule and hook share their layout up to the payload, so
-    one ``struct`` unpack reads every attribute header *and* scalar value at
-    once; comparing the headers with the recorded ones proves the layout
-    applies. Everything is read in network order, so headers (host order)
-    are compared byte-swapped.
+
+def _layout_source(
+    data: bytes,
+    start: int,
+    end: int,
+    names: dict[str, str] | None,
+    fill: dict[str, Any] | None = None,
+) -> tuple[str, int, int] | None:
+    """A parser for the layout of the message ``data[start:end]``, or None.
+
+    Packets from one rule and hook share their layout up to the payload: the
+    netlink type, family, group, ethertype, hook and every attribute header.
+    The generated ``parse(data, offset, total, append)`` proves a message has
+    that layout by comparing those bytes at once (``head & mask == fixed``,
+    the message read as a little-endian integer), reads every other value
+    with one ``struct`` unpack, appends the packet and goes on with the next
+    message while they match; it returns the offset of the first message it
+    did not take.
+
+    Returns the source, ``mask`` and ``fixed``; None when the layout cannot
+    be compiled (no payload last, nested or odd-sized attributes).
     """
-    fmt = ["!"]
-    checks: list[str] = []
-    values: dict[str, str] = {}
+    attrs = list(iter_attrs(data, start + 20, end))
+    if not COMPILABLE or not attrs or attrs[-1][0] != ATTR_PAYLOAD:
+        return None
+    payload_header = attrs.pop()[1] - 4 - start
+    head_size = payload_header + 4
+    mask = bytearray(head_size)
+
+    def fixed_bytes(at: int, size: int) -> None:
+        mask[at : at + size] = b"\xff" * size
+
+    fixed_bytes(4, 2)  # nlmsg_type
+    fixed_bytes(16, 4)  # nfgenmsg: family, version, group
+    fixed_bytes(payload_header + 2, 2)  # the payload attribute's type
+    fill = fill or {}
+    used = None if names is None else set(names)
+    if used is not None:
+        if "hwaddr" in used:
+            used.add("hwaddr_len")
+        if fill.get("ts_sec") is NOW:
+            used.add("ts_sec")  # read to tell a missing (zero) timestamp
+    family, _version, group = NFGENMSG.unpack_from(data, start + 16)
+    values = {"family": str(family), "group": str(group)}
+    codes: list[str] = []  # struct codes of the values, from the message start
+    fields: tuple[str, ...]
     count = 0
-    offset = 0
-    for atype, length in attrs:
-        checks.append(f"raw[{count}] == {_swap16(length)} and raw[{count + 1}] == {_swap16(atype)}")
-        fmt.append("HH")
-        count += 2
-        size = length - 4
-        pad = ((length + 3) & ~3) - length
+    read_to = 0
+    for atype, pos, stop in attrs:
+        at, size = pos - start, stop - pos
+        fixed_bytes(at - 4, 4)
         if atype == ATTR_PACKET_HDR and size >= 3:
-            fmt.append(f"HB{size - 3 + pad}x")
-            values["hw_protocol"], values["hook"] = f"raw[{count}]", f"raw[{count + 1}]"
-            count += 2
-        elif atype in _U32_FIELDS and size == 4:
-            fmt.append("I")
-            values[_U32_FIELDS[atype]] = f"raw[{count}]"
-            count += 1
+            fixed_bytes(at, 3)
+            hw_protocol, hook = _PACKET_HDR.unpack_from(data, pos)
+            values["hw_protocol"], values["hook"] = str(hw_protocol), str(hook)
+            continue
+        if atype in _U32_FIELDS and size == 4:
+            code, fields = "I", (_U32_FIELDS[atype],)
         elif atype in (ATTR_HWTYPE, ATTR_HWLEN) and size == 2:
-            fmt.append(f"H{pad}x")
-            values["hwtype" if atype == ATTR_HWTYPE else "hwlen"] = f"raw[{count}]"
-            count += 1
+            code, fields = "H", ("hwtype" if atype == ATTR_HWTYPE else "hwlen",)
         elif atype == ATTR_TIMESTAMP and size == 16:
-            fmt.append("QQ")
-            values["ts_sec"], values["ts_usec"] = f"raw[{count}]", f"raw[{count + 1}]"
-            count += 2
-        elif atype == ATTR_PREFIX:
-            fmt.append(f"{size}s{pad}x")
-            values["prefix"] = f"prefix(raw[{count}])"
-            count += 1
-        elif atype == ATTR_HWHEADER:
-            fmt.append(f"{size}s{pad}x")
-            values["hwheader"] = f"raw[{count}]"
-            count += 1
+            code, fields = "QQ", ("ts_sec", "ts_usec")
+        elif atype in (ATTR_PREFIX, ATTR_HWHEADER):
+            code, fields = f"{size}s", ("prefix" if atype == ATTR_PREFIX else "hwheader",)
         elif atype == ATTR_HWADDR and size >= 4:
-            fmt.append(f"H2x{size - 4}s{pad}x")
-            values["hwaddr"] = f"raw[{count + 1}][:raw[{count}]]"
-            count += 2
+            code, fields = f"H2x{size - 4}s", ("hwaddr_len", "hwaddr")
         else:
             return None
-        offset += (length + 3) & ~3
-    fmt.append("HH")
-    checks.append(f"raw[{count + 1}] == {_swap16(ATTR_PAYLOAD)}")
-    payload_at = offset + 4
-    values["family"], values["group"] = "family", "group"
-    values["payload"] = f"data[start + {payload_at}:start + {offset} + size]"
-    layout = struct.Struct("".join(fmt))
+        if used is not None and used.isdisjoint(fields):
+            continue  # nobody reads it: the struct skips it
+        codes.append(f"{at - read_to}x{code}" if at > read_to else code)
+        read_to = at + struct.calcsize("!" + code)
+        for field in fields:
+            values[field] = f"raw[{count}]"
+            count += 1
+    if "prefix" in values:
+        values["prefix"] = f"prefix({values['prefix']})"
+    if "hwaddr" in values and "hwaddr_len" in values:
+        values["hwaddr"] = f"{values['hwaddr']}[:{values.pop('hwaddr_len')}]"
     lines = [
-        f"unpack_from = Struct({layout.format!r}).unpack_from",
-        "def parse(family, group, data, start, end):",
-        f"    if end - start < {layout.size}:",
-        "        return None",
-        "    raw = unpack_from(data, start)",
-        f"    if not ({' and '.join(checks)}):",
-        "        return None",
+        "def parse(data, offset, total, append):",
+        f"    while total - offset >= {head_size}:",
+        f'        head = from_bytes(data[offset:offset + {head_size}], "little")',
+        "        if head & mask != fixed:",
+        "            break",
+        "        length = head & 0xFFFFFFFF",
+        f"        size = head >> {8 * payload_header} & 0xFFFF",
         # The kernel pads the message after the payload attribute (or not):
         # accept up to 3 padding bytes but no further attribute.
-        f"    size = (raw[{count}] & 255) << 8 | raw[{count}] >> 8",
-        f"    if not 4 <= size <= end - start - {offset} < ((size + 3) & ~3) + 4:",
-        "        return None",
+        f"        if not 4 <= size <= length - {payload_header} < ((size + 3) & ~3) + 4 "
+        "or offset + length > total:",
+        "            break",
     ]
+    if codes:
+        lines.insert(0, f"unpack_from = Struct({'!' + ''.join(codes)!r}).unpack_from")
+        lines.append("        raw = unpack_from(data, offset)")
+    lines.append(f"        payload = data[offset + {head_size}:offset + {payload_header} + size]")
+    values["payload"] = "payload"
     if names is None:
-        lines.append("    p = new(LogPacket)")
-        lines.append("    reset(p)")
+        lines += ["        p = new(LogPacket)", "        reset(p)"]
         for field, expr in values.items():
             if field == "ts_sec":
-                lines.append(f"    p.timestamp = ({expr}, {values['ts_usec']})")
+                lines.append(f"        p.timestamp = ({expr}, {values['ts_usec']})")
             elif field != "ts_usec":
-                lines.append(f"    p.{field} = {expr}")
-        lines.append("    return p")
+                lines.append(f"        p.{field} = {expr}")
+        lines.append("        append(p)")
     else:
-        lines.append(f"    payload = {values.pop('payload')}")
-        values["payload"] = "payload"
-        values["payload_len"] = "len(payload)"
-        fill = fill or {}
+        values["payload_len"] = "size - 4"
         if fill.get("ts_sec") is NOW:
             # A zero kernel timestamp means "none": both fields come from the clock.
             sec = values.get("ts_sec")
@@ -359,12 +384,11 @@ def _layout_source(
                 values[field] = repr(default)
         items = [f"{names[f]!r}: {e}" for f, e in values.items() if f in names]
         items += [f"{key!r}: {value!r}" for key, value in (fill.get(CONSTANTS) or {}).items()]
-        lines.append("    return {" + ", ".join(items) + "}")
-    return "\n".join(lines) + "\n"
-
-
-def _swap16(value: int) -> int:
-    return ((value & 0xFF) << 8) | (value >> 8)
+        lines.append("        append({" + ", ".join(items) + "})")
+    lines += ["        offset += (length + 3) & ~3", "    return offset"]
+    fixed_mask = int.from_bytes(mask, "little")
+    fixed = int.from_bytes(data[start : start + head_size], "little") & fixed_mask
+    return "\n".join(lines) + "\n", fixed_mask, fixed
 
 
 def _reset(packet: LogPacket) -> None:
@@ -394,6 +418,8 @@ def packet_fields(packet: LogPacket) -> dict[str, Any]:
 
 
 Parsed = TypeVar("Parsed")
+#: A compiled layout: ``parse(data, offset, total, append) -> offset after``.
+Layout = Callable[[bytes, int, int, Callable[[Any], None]], int]
 
 #: In ``fill``: the time the datagram was parsed (for ``ts_sec``/``ts_usec``).
 NOW = object()
@@ -432,7 +458,7 @@ class PacketParser(Generic[Parsed]):
         self.fill = fill or {}
         self._now = [0, 0]
         self._clock = self.fill.get("ts_sec") is NOW
-        self._layouts: dict[bytes, list[Callable[[int, int, bytes, int, int], Any]]] = {}
+        self._layouts: dict[bytes, list[Layout]] = {}
         self._count = 0
         self._failures: dict[bytes, int] = {}
         self._namespace: dict[str, Any] = {
@@ -442,6 +468,7 @@ class PacketParser(Generic[Parsed]):
             "LogPacket": LogPacket,
             "reset": _reset,
             "now": self._now,
+            "from_bytes": int.from_bytes,
         }
 
     def parse(self, data: bytes) -> tuple[list[Parsed], list[Message]]:
@@ -451,6 +478,7 @@ class PacketParser(Generic[Parsed]):
             TruncatedError: a message or attribute length is inconsistent.
         """
         packets: list[Parsed] = []
+        append = packets.append
         others: list[Message] = []
         unpack_gen = NFGENMSG.unpack_from
         unpack_hdr = NLMSGHDR.unpack_from
@@ -465,23 +493,23 @@ class PacketParser(Generic[Parsed]):
             length, mtype, flags, seq, pid = unpack_hdr(data, offset)
             if length < 16 or offset + length > total:
                 raise TruncatedError(f"netlink message at {offset}: bad length {length}")
-            start = offset + 16
-            end = offset + length
-            offset += (length + 3) & ~3
             if mtype == MSG_PACKET and length >= 20:
-                family, _version, group = unpack_gen(data, start)
-                key = data[start : start + 16]
-                packet = None
+                key = data[offset + 16 : offset + 32]
                 for layout in layouts.get(key, ()):
-                    packet = layout(family, group, data, start + 4, end)
-                    if packet is not None:
+                    # A compiled layout takes this message and the like ones after it.
+                    after = layout(data, offset, total, append)
+                    if after != offset:
+                        offset = after
                         break
-                if packet is None:
-                    packet = self._slow(family, group, data, start + 4, end)
-                    self._learn(key, data, start + 4, end)
-                packets.append(packet)
-            elif mtype != NLMSG_DONE:
-                others.append(Message(mtype, flags, seq, pid, data[start:end]))
+                else:
+                    family, _version, group = unpack_gen(data, offset + 16)
+                    append(self._slow(family, group, data, offset + 20, offset + length))
+                    self._learn(key, data, offset, offset + length)
+                    offset += (length + 3) & ~3
+                continue
+            if mtype != NLMSG_DONE:
+                others.append(Message(mtype, flags, seq, pid, data[offset + 16 : offset + length]))
+            offset += (length + 3) & ~3
         return packets, others
 
     def _slow(self, family: int, group: int, data: bytes, start: int, end: int) -> Any:
@@ -500,16 +528,15 @@ class PacketParser(Generic[Parsed]):
         return out
 
     def _learn(self, key: bytes, data: bytes, start: int, end: int) -> None:
+        """Compile the layout of the message ``data[start:end]``, if worth it."""
         if self._count >= self.MAX_LAYOUTS or self._failures.get(key, 0) >= self.MAX_FAILURES:
             return
-        attrs = [(atype, stop - pos + 4) for atype, pos, stop in iter_attrs(data, start, end)]
-        source = None
-        if attrs and attrs[-1][0] == ATTR_PAYLOAD:
-            source = _layout_source(attrs[:-1], self.names, self.fill)
-        if source is None:
+        compiled = _layout_source(data, start, end, self.names, self.fill)
+        if compiled is None:
             self._failures[key] = self._failures.get(key, 0) + 1
             return
-        namespace = dict(self._namespace)
+        source, mask, fixed = compiled
+        namespace = dict(self._namespace, mask=mask, fixed=fixed)
         exec(compile(source, "<nflog layout>", "exec"), namespace)
         self._layouts.setdefault(key, []).append(namespace["parse"])
         self._count += 1
