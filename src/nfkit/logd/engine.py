@@ -45,21 +45,23 @@ class Stack:
         return ",".join(f"{p.id}:{p.name}" for p in self.elements)
 
     def compile(self) -> None:
-        """Generate this stack's per-event function: the plugin calls, unrolled."""
-        names = {f"step{i}": p.interp for i, p in enumerate(self.elements[1:])}
-        lines = ["def run(event):", "    stack.events += 1"]
-        for name in names:
+        """Generate this stack's per-batch function: the plugin calls, unrolled."""
+        names = {f"step{i}": p.interp_batch for i, p in enumerate(self.elements[1:])}
+        *filters, output = names
+        lines = ["def run(events):", "    stack.events += len(events)"]
+        for name in filters:
             lines += [
-                f"    result = {name}(event)",
-                "    if result:",
-                "        return finish(result)",
+                f"    events = {name}(events, finish)",
+                "    if not events:",
+                "        return",
             ]
+        lines.append(f"    {output}(events, finish)")
         namespace: dict[str, object] = {"stack": self, "finish": self._finish, **names}
         exec(compile("\n".join(lines), f"<stack {self.text}>", "exec"), namespace)
         self.run = namespace["run"]  # type: ignore[method-assign,assignment]
 
-    def run(self, event: Event) -> None:
-        """Propagate one event (replaced by the compiled version in compile())."""
+    def run(self, events: list[Event]) -> None:
+        """Propagate a batch of events (replaced by the compiled version in compile())."""
         raise RuntimeError("stack used before compile()")
 
     def _finish(self, result: int) -> None:

@@ -335,14 +335,10 @@ class NFLOG(InputPlugin):
             del self.reader
 
     def deliver_batch(self, events: list[Event]) -> None:
-        emit = self.emit
         extra = self.extra
-        if not extra and not self._want_addrlen:
+        if extra or self._want_addrlen:
             for event in events:
-                emit(event)
-            return
-        for event in events:
-            event.update(extra)
-            if self._want_addrlen and "raw.mac.saddr" in event:
-                event["raw.mac.addrlen"] = len(event["raw.mac.saddr"])
-            emit(event)
+                event.update(extra)
+                if self._want_addrlen and "raw.mac.saddr" in event:
+                    event["raw.mac.addrlen"] = len(event["raw.mac.saddr"])
+        self.emit_batch(events)
