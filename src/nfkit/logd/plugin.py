@@ -153,16 +153,21 @@ class Plugin:
         of each event dropped.
         """
         interp = self.interp
-        kept: list[Event] | None = None
-        for index, event in enumerate(events):
+        dropped: list[Event] = []
+        for event in events:
             result = interp(event)
             if result:
                 finish(result)
-                if kept is None:
-                    kept = events[:index]
-            elif kept is not None:
-                kept.append(event)
-        return events if kept is None else kept
+                dropped.append(event)
+        return without(events, dropped)
+
+
+def without(events: list[Event], dropped: list[Event]) -> list[Event]:
+    """``events`` minus the ``dropped`` ones (the same list when none is)."""
+    if not dropped:
+        return events
+    gone = {id(event) for event in dropped}
+    return [event for event in events if id(event) not in gone]
 
 
 class BatchPlugin(Plugin):

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nfkit.logd.keys import Event, KeyType, keys
-from nfkit.logd.plugin import ERROR, Context, DataType, Plugin, Settings
+from nfkit.logd.plugin import ERROR, BatchPlugin, Context, DataType, Settings, without
 from nfkit.logd.plugins._addr import Memo, address_text
 from nfkit.logd.registry import register
 from nfkit.packet import (
@@ -74,11 +74,16 @@ _TCP_FLAGS = tuple(
 )
 # ulogd prints the IPv4 numbers it reads from unset keys as 0.
 _NO_IPV4_HEADER = "LEN=0 TOS=00 PREC=0x00 TTL=0 ID=0 PROTO=0 "
+# Decimal text of every 16-bit value: ports, lengths, IDs print without int formatting.
+_DECIMAL = tuple(map(str, range(0x10000)))
+# The usual marks' text.
+_MARKS = {mark: f"MARK=0x{mark:x} " for mark in range(256)}
 _ARP_OPERATIONS = {ARPOP_REQUEST: "REQUEST ", ARPOP_REPLY: "REPLY ", ARPOP_NAK: "NAK "}
 
 
 def _tcp(event: Event) -> str:
-    if "tcp.sport" not in event:
+    sport = event.get("tcp.sport")
+    if sport is None:
         return "PROTO=TCP INCOMPLETE "
     flags = _TCP_FLAGS[
         event["tcp.urg"] << 5
@@ -89,16 +94,20 @@ def _tcp(event: Event) -> str:
         | event["tcp.fin"]
     ]
     return (
-        f"PROTO=TCP SPT={event['tcp.sport']} DPT={event['tcp.dport']} SEQ={event['tcp.seq']} "
-        f"ACK={event['tcp.ackseq']} WINDOW={event['tcp.window']} {flags}"
-        f"URGP={event.get('tcp.urgp', 0)} "
+        f"PROTO=TCP SPT={_DECIMAL[sport]} DPT={_DECIMAL[event['tcp.dport']]} "
+        f"SEQ={event['tcp.seq']} ACK={event['tcp.ackseq']} "
+        f"WINDOW={_DECIMAL[event['tcp.window']]} {flags}URGP={event.get('tcp.urgp', 0)} "
     )
 
 
 def _udp(event: Event) -> str:
-    if "udp.sport" not in event:
+    sport = event.get("udp.sport")
+    if sport is None:
         return "PROTO=UDP INCOMPLETE "
-    return f"PROTO=UDP SPT={event['udp.sport']} DPT={event['udp.dport']} LEN={event['udp.len']} "
+    return (
+        f"PROTO=UDP SPT={_DECIMAL[sport]} DPT={_DECIMAL[event['udp.dport']]} "
+        f"LEN={_DECIMAL[event['udp.len']]} "
+    )
 
 
 def _sctp(event: Event) -> str:
@@ -167,17 +176,17 @@ _FRAGMENT_L4 = {
 }
 
 
-def _addresses(event: Event, source: str, destination: str) -> str:
-    src = event.get(source)
-    dst = event.get(destination)
+def _addresses(src: str | None, dst: str | None) -> str:
     if src is not None and dst is not None:
         return f"SRC={src} DST={dst} "
     return (f"SRC={src} " if src is not None else "") + (f"DST={dst} " if dst is not None else "")
 
 
 def _ipv4(event: Event) -> str:
-    addresses = _addresses(event, "ip.saddr.str", "ip.daddr.str")
-    if "ip.totlen" not in event:
+    get = event.get
+    addresses = _addresses(get("ip.saddr.str"), get("ip.daddr.str"))
+    totlen = get("ip.totlen")
+    if totlen is None:
         return f"{addresses}{_NO_IPV4_HEADER}"
     fragoff = event["ip.fragoff"]
     protocol = event["ip.protocol"]
@@ -187,14 +196,15 @@ def _ipv4(event: Event) -> str:
         describe = _IPV4_L4.get(protocol)
         l4 = describe(event) if describe else f"PROTO={protocol} "
     return (
-        f"{addresses}LEN={event['ip.totlen']} {_TOS[event['ip.tos']]}TTL={event['ip.ttl']} "
-        f"ID={event['ip.id']} {_IP_FLAGS[fragoff >> 13]}{l4}"
+        f"{addresses}LEN={_DECIMAL[totlen]} {_TOS[event['ip.tos']]}"
+        f"TTL={_DECIMAL[event['ip.ttl']]} ID={_DECIMAL[event['ip.id']]} "
+        f"{_IP_FLAGS[fragoff >> 13]}{l4}"
     )
 
 
 def _ipv6(event: Event) -> str:
     get = event.get
-    parts = [_addresses(event, "ip.saddr.str", "ip.daddr.str")]
+    parts = [_addresses(get("ip.saddr.str"), get("ip.daddr.str"))]
     payload_len = get("ip6.payloadlen")
     if payload_len is not None:
         parts.append(f"LEN={payload_len + IPV6_HEADER_LENGTH} ")
@@ -220,7 +230,7 @@ def _ipv6(event: Event) -> str:
 
 
 def _arp(event: Event) -> str:
-    text = f"{_addresses(event, 'arp.saddr.str', 'arp.daddr.str')}PROTO=ARP "
+    text = f"{_addresses(event.get('arp.saddr.str'), event.get('arp.daddr.str'))}PROTO=ARP "
     operation = event.get("arp.operation")
     if operation is None:
         return text
@@ -265,7 +275,7 @@ _OPTIONAL = ("oob.uid", "oob.gid")
 
 
 @register
-class PRINTPKT(Plugin):
+class PRINTPKT(BatchPlugin):
     name = "PRINTPKT"
     summary = "format packets as iptables-LOG-like text lines (the 'print' key)"
     input_type = DataType.PACKET
@@ -281,30 +291,39 @@ class PRINTPKT(Plugin):
         # Link-layer headers repeat (same hosts, same router): format each once.
         self._mac_texts = Memo(_mac_text)
 
-    def interp(self, event: Event) -> int | None:
-        get = event.get
-        try:
-            prefix = get("oob.prefix")
-            in_name = get("oob.in")
-            out_name = get("oob.out")
-            mac = get("raw.mac")
-            if mac:
-                mac = mac[: get("raw.mac_len", 0)]  # the same object when nothing is cut
-            mac_text = self._mac_texts.cache.get(mac) or self._mac_texts(mac) if mac else "MAC= "
-            describe = _BY_FAMILY.get(get("oob.family", 0))
-            uid = get("oob.uid")
-            gid = get("oob.gid")
-            mark = get("oob.mark")
-            event["print"] = (
-                f"{'' if prefix is None else prefix + ' '}"
-                f"{'' if in_name is None or out_name is None else f'IN={in_name} OUT={out_name} '}"
-                f"{mac_text}{describe(event) if describe else ''}"
-                f"{'' if uid is None else f'UID={uid} '}"
-                f"{'' if gid is None else f'GID={gid} '}"
-                f"{'' if mark is None else f'MARK=0x{mark:x} '}\n"
-            )
-        except (LookupError, TypeError, ValueError, AttributeError) as exc:
-            # Keys missing or of unexpected types (not from BASE): drop, never crash.
-            self.log.debug("%s: cannot format event: %s", self.id, exc)
-            return ERROR
-        return None
+    def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
+        mac_texts = self._mac_texts
+        mac_cache = mac_texts.cache
+        by_family = _BY_FAMILY
+        marks = _MARKS
+        dropped: list[Event] = []
+        for event in events:
+            get = event.get
+            try:
+                prefix = get("oob.prefix")
+                in_name = get("oob.in")
+                out_name = get("oob.out")
+                mac = get("raw.mac")
+                if mac:
+                    mac = mac[: get("raw.mac_len", 0)]  # the same object when nothing is cut
+                mac_text = mac_cache.get(mac) or mac_texts(mac) if mac else "MAC= "
+                interfaces = (
+                    "" if in_name is None or out_name is None else f"IN={in_name} OUT={out_name} "
+                )
+                describe = by_family.get(get("oob.family", 0))
+                uid = get("oob.uid")
+                gid = get("oob.gid")
+                mark = get("oob.mark")
+                event["print"] = (
+                    f"{'' if prefix is None else prefix + ' '}{interfaces}"
+                    f"{mac_text}{describe(event) if describe else ''}"
+                    f"{'' if uid is None else f'UID={uid} '}"
+                    f"{'' if gid is None else f'GID={gid} '}"
+                    f"{'' if mark is None else marks.get(mark) or f'MARK=0x{mark:x} '}\n"
+                )
+            except (LookupError, TypeError, ValueError, AttributeError) as exc:
+                # Keys missing or of unexpected types (not from BASE): drop, never crash.
+                self.log.debug("%s: cannot format event: %s", self.id, exc)
+                finish(ERROR)
+                dropped.append(event)
+        return without(events, dropped)
