@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from nfkit.logd.keys import Event
-from nfkit.logd.plugin import ERROR, Context, DataType, Plugin, Settings
+from nfkit.logd.plugin import ERROR, BatchPlugin, Context, DataType, Plugin, Settings, without
 from nfkit.packet import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -105,7 +105,7 @@ def family_error(event: Event) -> str | None:
     return f"Unknown protocol family {family}"
 
 
-class AddressFilter(Plugin):
+class AddressFilter(BatchPlugin):
     """IP2STR, IP2BIN and IP2HBIN: convert every valid address input into one output.
 
     Subclasses list ``conversions`` (input key, output key) and the ``memo`` to apply.
@@ -131,24 +131,30 @@ class AddressFilter(Plugin):
             provided.update(key.name for key in plugin.output_keys)
         self._pairs = tuple(pair for pair in self.conversions if pair[0] in provided)
 
-    def interp(self, event: Event) -> int | None:
-        if event.get("oob.family") not in _ACCEPTED_FAMILIES:
-            error = family_error(event)
-            if error is not None:
-                self._reject(error)
-                return ERROR
-        get = event.get
+    def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
+        pairs = self._pairs
         memo = self.memo
         cached = memo.cache.get
-        try:
-            for source, target in self._pairs:
-                addr = get(source)
-                if addr is not None:
-                    event[target] = cached(addr) or memo(addr)
-        except TypeError:  # not bytes: a producer broke the IPADDR contract
-            self._reject(f"an address key holds {type(addr).__name__}, not bytes")
-            return ERROR
-        return None
+        dropped: list[Event] = []
+        for event in events:
+            get = event.get
+            if get("oob.family") not in _ACCEPTED_FAMILIES:
+                error = family_error(event)
+                if error is not None:
+                    self._reject(error)
+                    finish(ERROR)
+                    dropped.append(event)
+                    continue
+            try:
+                for source, target in pairs:
+                    addr = get(source)
+                    if addr is not None:
+                        event[target] = cached(addr) or memo(addr)
+            except TypeError:  # not bytes: a producer broke the IPADDR contract
+                self._reject(f"an address key holds {type(addr).__name__}, not bytes")
+                finish(ERROR)
+                dropped.append(event)
+        return without(events, dropped)
 
     def _reject(self, error: str) -> None:
         # ulogd logs every rejected event; once per reason is enough to diagnose it

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from nfkit.logd.keys import Event, KeyType, keys
-from nfkit.logd.plugin import Context, DataType, Plugin
+from nfkit.logd.plugin import BatchPlugin, Context, DataType
 from nfkit.logd.registry import register
 
 T = KeyType
@@ -102,7 +103,7 @@ class InterfaceNames:
 
 
 @register
-class IFINDEX(Plugin):
+class IFINDEX(BatchPlugin):
     name = "IFINDEX"
     summary = "convert interface indexes to names (oob.in, oob.out)"
     input_type = DataType.PACKET | DataType.FLOW
@@ -126,13 +127,14 @@ class IFINDEX(Plugin):
             self._started = False
             self.cache.release()
 
-    def interp(self, event: Event) -> int | None:
+    def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
         cache = self.cache
         names = cache.names
-        index = event.get("oob.ifindex_in", 0)
-        name = names.get(index)
-        event["oob.in"] = name if name is not None else cache.lookup(index)
-        index = event.get("oob.ifindex_out", 0)
-        name = names.get(index)
-        event["oob.out"] = name if name is not None else cache.lookup(index)
-        return None
+        for event in events:
+            index = event.get("oob.ifindex_in", 0)
+            name = names.get(index)
+            event["oob.in"] = name if name is not None else cache.lookup(index)
+            index = event.get("oob.ifindex_out", 0)
+            name = names.get(index)
+            event["oob.out"] = name if name is not None else cache.lookup(index)
+        return events

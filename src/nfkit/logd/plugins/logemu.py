@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 from nfkit.logd.files import OutputFile
 from nfkit.logd.keys import Event, KeyType, keys
-from nfkit.logd.plugin import DataType, Option, Plugin, Role
+from nfkit.logd.plugin import BatchPlugin, DataType, Option, Role
 from nfkit.logd.registry import register
 
 
 @register
-class LOGEMU(Plugin):
+class LOGEMU(BatchPlugin):
     name = "LOGEMU"
     summary = "write the 'print' key as syslog-style lines to a file"
     role = Role.OUTPUT
@@ -37,19 +38,27 @@ class LOGEMU(Plugin):
         self._second = -1
         self._stamp = ""
 
-    def interp(self, event: Event) -> int | None:
-        text = event.get("print")
-        if text is None:
-            return None
-        second = event.get("oob.time.sec")
-        if second is None:
-            second = int(time.time())
-        if second != self._second:
-            # "Mmm dd hh:mm:ss" in local time, computed once per second.
-            self._second = second
-            self._stamp = f"{time.ctime(second)[4:19]} {self.host} "
-        self.out.write(self._stamp + text)
-        return None
+    def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
+        lines: list[str] = []
+        append = lines.append
+        second, stamp = self._second, self._stamp
+        for event in events:
+            text = event.get("print")
+            if text is None:
+                continue
+            when = event.get("oob.time.sec")
+            if when is None:
+                when = int(time.time())
+            if when != second:
+                # "Mmm dd hh:mm:ss" in local time, computed once per second.
+                second = when
+                stamp = f"{time.ctime(when)[4:19]} {self.host} "
+            append(stamp)
+            append(text)
+        self._second, self._stamp = second, stamp
+        if lines:
+            self.out.write("".join(lines))  # one write (and with sync=1 one flush) per batch
+        return events
 
     def reopen(self) -> None:
         self.out.reopen()
