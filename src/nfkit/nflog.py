@@ -341,8 +341,6 @@ def _layout_source(
         for field in fields:
             values[field] = f"raw[{count}]"
             count += 1
-    if "prefix" in values:
-        values["prefix"] = f"prefix({values['prefix']})"
     if "hwaddr" in values and "hwaddr_len" in values:
         values["hwaddr"] = f"{values['hwaddr']}[:{values.pop('hwaddr_len')}]"
     lines = [
@@ -362,6 +360,14 @@ def _layout_source(
     if codes:
         lines.insert(0, f"unpack_from = Struct({'!' + ''.join(codes)!r}).unpack_from")
         lines.append("        raw = unpack_from(data, offset)")
+    if "prefix" in values:
+        # The few distinct prefixes are decoded once (see _prefix).
+        lines += [
+            f"        text = prefixes.get({values['prefix']})",
+            "        if text is None:",
+            f"            text = prefix({values['prefix']})",
+        ]
+        values["prefix"] = "text"
     lines.append(f"        payload = data[offset + {head_size}:offset + {payload_header} + size]")
     values["payload"] = "payload"
     if names is None:
@@ -464,6 +470,7 @@ class PacketParser(Generic[Parsed]):
         self._namespace: dict[str, Any] = {
             "Struct": struct.Struct,
             "prefix": _prefix,
+            "prefixes": _PREFIXES,
             "new": LogPacket.__new__,
             "LogPacket": LogPacket,
             "reset": _reset,

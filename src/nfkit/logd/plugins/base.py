@@ -23,8 +23,10 @@ Hot path: one ``unpack_from`` per header and direct dict stores, no objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nfkit.logd.keys import Event, KeyType, keys
-from nfkit.logd.plugin import DataType, Plugin
+from nfkit.logd.plugin import BatchPlugin, DataType
 from nfkit.logd.registry import register
 from nfkit.packet import (
     ETH_P_ARP,
@@ -276,7 +278,7 @@ _BY_ETHERTYPE = {ETH_P_IP: _ipv4, ETH_P_IPV6: _ipv6, ETH_P_ARP: _arp}
 
 
 @register
-class BASE(Plugin):
+class BASE(BatchPlugin):
     name = "BASE"
     summary = "decode the raw packet into ip/ip6/tcp/udp/icmp/sctp/arp keys"
     input_type = DataType.RAW
@@ -352,21 +354,22 @@ class BASE(Plugin):
         ("sctp.csum", T.UINT32),
     )
 
-    def interp(self, event: Event) -> int | None:
-        # ulogd always outputs its copy of oob.protocol, 0 when the input had none.
-        protocol = event.setdefault("oob.protocol", 0)
-        pkt = event.get("raw.pkt")
-        if pkt is None:
-            return None
-        family = event.get("oob.family")
-        if family == NFPROTO_IPV4:
-            _ipv4(event, pkt)
-        elif family == NFPROTO_IPV6:
-            _ipv6(event, pkt)
-        elif family == NFPROTO_BRIDGE:
-            decode = _BY_ETHERTYPE.get(protocol)
-            if decode is not None:
-                decode(event, pkt)
-        elif family == NFPROTO_ARP:
-            _arp(event, pkt)
-        return None
+    def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
+        for event in events:
+            # ulogd always outputs its copy of oob.protocol, 0 when the input had none.
+            protocol = event.setdefault("oob.protocol", 0)
+            pkt = event.get("raw.pkt")
+            if pkt is None:
+                continue
+            family = event.get("oob.family")
+            if family == NFPROTO_IPV4:
+                _ipv4(event, pkt)
+            elif family == NFPROTO_IPV6:
+                _ipv6(event, pkt)
+            elif family == NFPROTO_BRIDGE:
+                decode = _BY_ETHERTYPE.get(protocol)
+                if decode is not None:
+                    decode(event, pkt)
+            elif family == NFPROTO_ARP:
+                _arp(event, pkt)
+        return events

@@ -144,7 +144,7 @@ class GroupReader:
         wanted: set[str] = set()
         for sub in subscribers:
             if sub.wanted is None:
-                wanted = set(FIELD_KEYS.values()) | {SEQ_KEY, "oob.seq.global"}
+                wanted = {key.name for key in NFLOG.output_keys}
                 break
             wanted |= sub.wanted
         # The payload and family are always kept: BASE, PCAP and checks need them.
@@ -159,12 +159,14 @@ class GroupReader:
         # Items every packet gets are folded into the compiled parsers; a
         # numeric_label that differs between subscribers is added by each.
         labels = {s.settings["numeric_label"] for s in subscribers}
-        constants = {"raw.pktcount": 1}
-        if len(labels) == 1:
+        constants = {"raw.pktcount": 1} if "raw.pktcount" in wanted else {}
+        if len(labels) == 1 and "raw.label" in wanted:
             constants["raw.label"] = labels.pop()
         for sub in subscribers:
             sub.extra = (
-                {} if "raw.label" in constants else {"raw.label": sub.settings["numeric_label"]}
+                {"raw.label": sub.settings["numeric_label"]}
+                if "raw.label" in wanted and "raw.label" not in constants
+                else {}
             )
         fill = {"mark": 0, "ts_sec": nflog.NOW, "ts_usec": nflog.NOW, nflog.CONSTANTS: constants}
         return nflog.PacketParser(names, fill), names["seq"]
