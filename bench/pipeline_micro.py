@@ -40,7 +40,7 @@ file="{path}"
 def datagram(count: int = 64) -> bytes:
     src, dst = "192.0.2.1", "192.0.2.2"
     packet = build_ipv4(src, dst, 17, build_udp(40000, 5000, b"x" * 36, src, dst))
-    body = (
+    head = (
         nfgenmsg(2, 1)
         + attr(nflog.ATTR_PACKET_HDR, struct.pack("!HBx", 0x0800, 1))
         + attr(nflog.ATTR_PREFIX, b"bench \0")
@@ -50,10 +50,18 @@ def datagram(count: int = 64) -> bytes:
         + attr(nflog.ATTR_HWLEN, struct.pack("!H", 14))
         + attr(nflog.ATTR_HWHEADER, bytes(range(12)) + b"\x08\x00")
         + attr(nflog.ATTR_TIMESTAMP, struct.pack("!QQ", int(time.time()), 123456))
-        + attr_be32(nflog.ATTR_SEQ, 0)
-        + attr(nflog.ATTR_PAYLOAD, packet)
     )
-    return Message(nflog.MSG_PACKET, 0, 0, 0, body).encode() * count
+    # The kernel numbers the packets of a group one by one.
+    return b"".join(
+        Message(
+            nflog.MSG_PACKET,
+            0,
+            0,
+            0,
+            head + attr_be32(nflog.ATTR_SEQ, seq) + attr(nflog.ATTR_PAYLOAD, packet),
+        ).encode()
+        for seq in range(count)
+    )
 
 
 class FakeSocket:

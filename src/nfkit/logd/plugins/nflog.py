@@ -12,6 +12,7 @@ name that no output prints.
 from __future__ import annotations
 
 import socket
+from operator import itemgetter
 from typing import Any
 
 from nfkit import nflog
@@ -206,18 +207,24 @@ class GroupReader:
 
     def _check_sequence(self, events: list[Event]) -> None:
         key = self.seq_key
+        try:
+            numbers = list(map(itemgetter(key), events))
+        except KeyError:  # not every event has a number
+            numbers = [event[key] for event in events if key in event]
+        if not numbers:
+            return
+        first = numbers[0]
+        # Consecutive numbers (the usual case) can only skip before the first one.
+        steps = [first] if numbers == list(range(first, first + len(numbers))) else numbers
         last = self._last_seq
-        for event in events:
-            seq = event.get(key)
-            if seq is None:
-                continue
+        for seq in steps:
             if last is not None:
                 gap = (seq - last - 1) & 0xFFFFFFFF
                 # A jump backwards (a rebind restarts the counter) is no loss.
                 if gap < 0x80000000:
                     self.lost_gaps += gap
             last = seq
-        self._last_seq = last
+        self._last_seq = numbers[-1]
 
     def _overrun(self) -> None:
         self.lost_overrun += 1
