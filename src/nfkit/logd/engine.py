@@ -76,6 +76,16 @@ class Stack:
             log.warning("stack %s: unknown return value %r", self.text, result)
 
 
+def read_keys(plugins: Sequence[Plugin]) -> set[str] | None:
+    """The keys ``plugins`` read (None when one reads everything)."""
+    wanted: set[str] = set()
+    for plugin in plugins:
+        if plugin.dynamic_inputs and not plugin.inputs:
+            return None
+        wanted.update(k.name for k in plugin.inputs)
+    return wanted
+
+
 class Pipeline:
     """Every stack of a configuration, built and (after start()) running."""
 
@@ -167,6 +177,8 @@ class Pipeline:
         for index in range(len(elements) - 1, 0, -1):
             elements[index].configure(elements[:index])
         self._resolve(stack)
+        for index in range(1, len(elements)):
+            elements[index].wanted = read_keys(elements[index + 1 :])
         first = elements[0]
         assert isinstance(first, InputPlugin)
         self.inputs.setdefault(first.id, first)
@@ -204,12 +216,7 @@ class Pipeline:
 
     def wanted_keys(self, stack: Stack) -> set[str] | None:
         """Keys read downstream of the input (None when a plugin reads everything)."""
-        wanted: set[str] = set()
-        for plugin in stack.elements[1:]:
-            if plugin.dynamic_inputs and not plugin.inputs:
-                return None
-            wanted.update(k.name for k in plugin.inputs)
-        return wanted
+        return read_keys(stack.elements[1:])
 
     def start(self) -> None:
         """Start every instance (input first, per stack); roll back on failure."""

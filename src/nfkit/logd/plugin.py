@@ -120,6 +120,9 @@ class Plugin:
         self.log = context.log
         #: The input keys after configure(): dynamic plugins replace them.
         self.inputs: tuple[Key, ...] = self.input_keys
+        #: Keys read downstream of this instance, known before start(); None: any key.
+        #: A plugin may leave out outputs nobody reads.
+        self.wanted: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"{self.id}:{self.name}"
@@ -192,7 +195,7 @@ class InputPlugin(Plugin):
         super().__init__(instance_id, settings, context)
         self.stacks: list[Callable[[list[Event]], None]] = []
         #: Names consumed downstream in any attached stack; None = everything.
-        self.wanted: set[str] | None = set()
+        self.wanted = set()
 
     def attach(self, run_stack: Callable[[list[Event]], None], wanted: set[str] | None) -> None:
         """Feed event batches to one more stack that reads ``wanted`` keys (None: all)."""
