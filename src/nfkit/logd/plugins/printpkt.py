@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import ERROR, BatchPlugin, Context, DataType, Settings, without
-from nfkit.logd.plugins._addr import Memo, address_text
+from nfkit.logd.plugins._addr import CACHE_LIMIT, address_text
 from nfkit.logd.registry import register
 from nfkit.packet import (
     ETH_P_ARP,
@@ -255,10 +255,6 @@ def _bridge(event: Event) -> str:
 _BY_FAMILY = {NFPROTO_IPV4: _ipv4, NFPROTO_IPV6: _ipv6, NFPROTO_BRIDGE: _bridge, NFPROTO_ARP: _arp}
 
 
-def _mac_text(header: bytes) -> str:
-    return f"MAC={bytes(header).hex(':')} "
-
-
 _INPUTS = (
     "oob.family", "oob.prefix", "oob.in", "oob.out", "oob.uid", "oob.gid", "oob.mark",
     "raw.mac", "raw.mac_len", "ip.saddr.str", "ip.daddr.str", "ip.totlen", "ip.tos", "ip.ttl",
@@ -288,35 +284,29 @@ class PRINTPKT(BatchPlugin):
 
     def __init__(self, instance_id: str, settings: Settings, context: Context) -> None:
         super().__init__(instance_id, settings, context)
-        # Link-layer headers repeat (same hosts, same router): format each once.
-        self._mac_texts = Memo(_mac_text)
+        # Prefixes, interfaces and link-layer headers repeat (same rules, same hosts, same
+        # router): the line's head is formatted once per combination.
+        self._heads: dict[tuple[str | None, str | None, str | None, bytes | None], str] = {}
 
     def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
-        mac_texts = self._mac_texts
-        mac_cache = mac_texts.cache
+        heads = self._heads
         by_family = _BY_FAMILY
         marks = _MARKS
         dropped: list[Event] = []
         for event in events:
             get = event.get
             try:
-                prefix = get("oob.prefix")
-                in_name = get("oob.in")
-                out_name = get("oob.out")
                 mac = get("raw.mac")
                 if mac:
                     mac = mac[: get("raw.mac_len", 0)]  # the same object when nothing is cut
-                mac_text = mac_cache.get(mac) or mac_texts(mac) if mac else "MAC= "
-                interfaces = (
-                    "" if in_name is None or out_name is None else f"IN={in_name} OUT={out_name} "
-                )
+                key = (get("oob.prefix"), get("oob.in"), get("oob.out"), mac)
+                head = heads.get(key) or self._head(key)
                 describe = by_family.get(get("oob.family", 0))
                 uid = get("oob.uid")
                 gid = get("oob.gid")
                 mark = get("oob.mark")
                 event["print"] = (
-                    f"{'' if prefix is None else prefix + ' '}{interfaces}"
-                    f"{mac_text}{describe(event) if describe else ''}"
+                    f"{head}{describe(event) if describe else ''}"
                     f"{'' if uid is None else f'UID={uid} '}"
                     f"{'' if gid is None else f'GID={gid} '}"
                     f"{'' if mark is None else marks.get(mark) or f'MARK=0x{mark:x} '}\n"
@@ -327,3 +317,16 @@ class PRINTPKT(BatchPlugin):
                 finish(ERROR)
                 dropped.append(event)
         return without(events, dropped)
+
+    def _head(self, key: tuple[str | None, str | None, str | None, bytes | None]) -> str:
+        """``prefix IN=.. OUT=.. MAC=.. `` (each part when known), remembered."""
+        prefix, in_name, out_name, mac = key
+        head = (
+            f"{'' if prefix is None else prefix + ' '}"
+            f"{'' if in_name is None or out_name is None else f'IN={in_name} OUT={out_name} '}"
+            f"MAC={bytes(mac).hex(':') if mac else ''} "
+        )
+        if len(self._heads) >= CACHE_LIMIT:
+            self._heads.clear()  # cheaper than LRU bookkeeping; refills at once
+        self._heads[key] = head
+        return head
