@@ -73,6 +73,7 @@ DPORTS = {"tcp": 443, "udp": 53}
 FIRST_SPORT = 1024
 SPORTS_PER_ADDRESS = 65536 - FIRST_SPORT
 MAX_SOURCES = 256  # source addresses taken from src_net, round robin
+CREATE = NLM_F_CREATE | NLM_F_EXCL
 BATCH_BYTES = 96 * 1024  # well under the socket's default send buffer (212992)
 # What `conntrack -I` gives an injected TCP flow, so window tracking accepts it.
 LIBERAL = TCPFlag.BE_LIBERAL | TCPFlag.SACK_PERM
@@ -144,7 +145,8 @@ def _meta(flow: Flow) -> bytes:
     return b"".join(parts)
 
 
-def _create(family: int, seq: int, orig: bytes, reply: bytes, meta: bytes) -> bytes:
+def _ct_new(family: int, seq: int, orig: bytes, reply: bytes, meta: bytes, flags: int) -> bytes:
+    """An IPCTNL_MSG_CT_NEW request: a create with NLM_F_CREATE, else an update."""
     payload = b"".join(
         (
             nfgenmsg(family),
@@ -153,12 +155,11 @@ def _create(family: int, seq: int, orig: bytes, reply: bytes, meta: bytes) -> by
             meta,
         )
     )
-    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-    return Message(IPCTNL_MSG_CT_NEW, flags, seq, 0, payload).encode()
+    return Message(IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | flags, seq, 0, payload).encode()
 
 
-def _send_creates(lab: Lab, ns: Node | str, requests: Iterable[bytes]) -> None:
-    """Send create requests in large datagrams; raise on the first refusal.
+def _send(lab: Lab, ns: Node | str, requests: Iterable[bytes]) -> None:
+    """Send requests in large datagrams; raise on the first refusal.
 
     The kernel handles a datagram inside ``send`` and answers only failed
     requests (no ACK flag), so after each send the socket holds exactly the
@@ -188,7 +189,7 @@ def _raise_errors(sock: NetlinkSocket) -> None:
             if mtype == NLMSG_ERROR:
                 code = parse_error(data[start:end], flags).code
                 if code:
-                    raise OSError(-code, f"conntrack create #{seq}: {os.strerror(-code)}")
+                    raise OSError(-code, f"conntrack request #{seq}: {os.strerror(-code)}")
 
 
 def _sources(src_net: str) -> list[str]:
@@ -207,6 +208,7 @@ def fill_table(
     dst: str | None = None,
     timeout: int = 3600,
     mark: int | None = None,
+    update: bool = False,
 ) -> list[str]:
     """Create ``n`` distinct flows ``src:sport -> dst:dport`` in ``ns``'s conntrack table.
 
@@ -221,12 +223,17 @@ def fill_table(
         proto: ``"udp"`` or ``"tcp"``.
         src_net: source network (default 198.51.100.0/24, 2001:db8:100::/64).
         dst: destination (default 192.0.2.100, 2001:db8::100).
+        update: instead of creating the flows, change the timeout and mark
+            of those an earlier call with the same addresses created (the
+            kernel sends UPDATE events; conntrack 1.4.7's ``-U`` fails on
+            large tables).
     Returns:
         The source addresses used.
     Raises:
         ValueError: more flows than ``src_net`` has source ports for.
         OSError: the kernel refused a flow (EEXIST: it is already there;
-            ENOMEM: the table is full, ``nf_conntrack_max``).
+            ENOMEM: the table is full, ``nf_conntrack_max``; ENOENT: a flow
+            to update is not there).
     """
     af = {4: socket.AF_INET, 6: socket.AF_INET6}[family]
     sources = _sources(src_net or DEFAULT_SRC_NET[family])
@@ -235,11 +242,12 @@ def fill_table(
     dst = dst or DEFAULT_DST[family]
     number = PROTOCOLS[proto]
     dport = DPORTS[proto]
-    flags = LIBERAL if proto == "tcp" else None
-    info = TCPInfo(TCPState.ESTABLISHED, None, None, flags, flags, flags, flags) if flags else None
+    tcp_flags = LIBERAL if proto == "tcp" else None
+    info = TCPInfo(TCPState.ESTABLISHED, None, None, *[tcp_flags] * 4) if tcp_flags else None
     meta = _meta(
         Flow(status=Status.SEEN_REPLY | Status.ASSURED, timeout=timeout, mark=mark, protoinfo=info)
     )
+    flags = 0 if update else CREATE
 
     def requests() -> Iterable[bytes]:
         for i in range(n):
@@ -247,9 +255,9 @@ def fill_table(
             sport = FIRST_SPORT + i // len(sources)
             orig = _tuple(Tuple(af, src, dst, number, sport, dport))
             reply = _tuple(Tuple(af, dst, src, number, dport, sport))
-            yield _create(af, i, orig, reply, meta)
+            yield _ct_new(af, i, orig, reply, meta, flags)
 
-    _send_creates(lab, ns, requests())
+    _send(lab, ns, requests())
     return sources[: min(n, len(sources))]
 
 
@@ -330,7 +338,8 @@ def create_flows(lab: Lab, ns: Node | str, flows: Iterable[Flow]) -> None:
     def requests() -> Iterable[bytes]:
         for seq, flow in enumerate(flows):
             assert flow.orig is not None and flow.reply is not None
-            yield _create(flow.family, seq, _tuple(flow.orig), _tuple(flow.reply), _meta(flow))
+            orig, reply = _tuple(flow.orig), _tuple(flow.reply)
+            yield _ct_new(flow.family, seq, orig, reply, _meta(flow), CREATE)
 
-    _send_creates(lab, ns, requests())
+    _send(lab, ns, requests())
 

@@ -76,6 +76,17 @@ def test_fill_table_refills_after_delete(lab: Lab) -> None:
     assert count(lab) == 5300
 
 
+def test_fill_table_updates(lab: Lab) -> None:
+    fill_table(lab, lab.a, 1000, proto="tcp")
+    fill_table(lab, lab.a, 600, proto="tcp", mark=3, timeout=100, update=True)
+    marked = listing(lab, "-m", "3")
+    assert len(marked) == 600 and count(lab) == 1000
+    assert all(int(line.split()[2]) <= 100 for line in marked)
+    with pytest.raises(OSError) as info:
+        fill_table(lab, lab.a, 10, src_net="203.0.113.0/24", update=True)
+    assert info.value.errno == errno.ENOENT
+
+
 def test_fill_table_reports_refusals(lab: Lab) -> None:
     fill_table(lab, lab.a, 10)
     with pytest.raises(OSError) as info:
