@@ -1,0 +1,693 @@
+"""The synchronous ctnetlink client: :class:`Conntrack`.
+
+Each :class:`Conntrack` owns its netlink sockets ("channels"). A dump streams
+from one channel while it is iterated; a request made meanwhile (deleting
+the flows as they come, say) goes through a second channel, as conntrack(8)
+does with its "modifier" socket. A dump abandoned half-way closes its
+channel, which is the only way to stop the kernel from sending the rest.
+
+Requests are built by the functions of :mod:`nfkit.conntrack.codec`; the
+:class:`Exchange` helpers here only move bytes and map kernel errors to
+exceptions that say what is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from nfkit.conntrack import const as C
+from nfkit.conntrack.codec import (
+    Decoder,
+    decode_cpu_stats,
+    decode_global_stats,
+    encode_expectation,
+    encode_flow,
+    expectation_key,
+    lookup_attributes,
+    request,
+)
+from nfkit.conntrack.filters import NEWEST_FIRST, Filter, KernelFilter
+from nfkit.conntrack.model import AF_INET, AF_INET6, CPUStats, Expectation, Flow, GlobalStats, Tuple
+from nfkit.netlink.codec import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_OVERRUN,
+    NLMSGHDR,
+    Message,
+    parse_error,
+)
+from nfkit.netlink.conn import DumpInterrupted, Transport
+from nfkit.netlink.errors import BufferOverrun, EncodeError, NetlinkError
+from nfkit.netlink.socket import NETLINK_CAP_ACK, NETLINK_NETFILTER, NetlinkSocket
+
+#: Bytes handed to each recv: the kernel fills dump datagrams up to what the
+#: reader asked for before (capped at 32 KiB today), so this never truncates.
+DEFAULT_RECV_SIZE = 1 << 20
+#: Kernel receive buffer asked for (SO_RCVBUFFORCE, else SO_RCVBUF).
+DEFAULT_RECEIVE_BUFFER = 4 << 20
+#: Size of one datagram of batched requests (delete_many).
+BATCH_BYTES = 64 << 10
+
+TABLES = {"conntrack": C.CT_GET, "dying": C.CT_GET_DYING, "unconfirmed": C.CT_GET_UNCONFIRMED}
+
+PERMISSION_HINT = "needs CAP_NET_ADMIN in this network namespace (run as root)"
+LABELS_HINT = "labels need a ruleset using ct label / connlabel (kernel >= 6.6)"
+
+
+def open_socket(
+    recv_size: int = DEFAULT_RECV_SIZE, receive_buffer: int = DEFAULT_RECEIVE_BUFFER
+) -> NetlinkSocket:
+    """A NETLINK_NETFILTER socket sized for large dumps.
+
+    NETLINK_CAP_ACK keeps error replies short (the kernel no longer echoes
+    whole requests), which matters when thousands of deletes are batched.
+    """
+    sock = NetlinkSocket(NETLINK_NETFILTER, recv_size=recv_size)
+    try:
+        if receive_buffer:
+            sock.set_receive_buffer(receive_buffer)
+        sock.set_option(NETLINK_CAP_ACK)
+    except OSError:
+        pass  # old kernels: smaller buffers, longer errors, still correct
+    return sock
+
+
+def kernel_error(
+    code: int, operation: str, extack: str = "", hints: dict[int, str] | None = None
+) -> NetlinkError:
+    """The typed NetlinkError for ``code``, with a hint naming what is missing."""
+    hint = (hints or {}).get(code)
+    if hint is None and code in (errno.EPERM, errno.EACCES):
+        hint = PERMISSION_HINT
+    message = "; ".join(text for text in (extack, hint) if text)
+    return NetlinkError.from_errno(code, operation, message)
+
+
+class Exchange:
+    """One channel: a transport and its sequence numbers, spoken request by request."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self._seq = itertools.count(1)
+
+    def send(self, messages: Iterable[Message]) -> int:
+        """Send ``messages`` in one datagram with fresh sequence numbers; return the last."""
+        seq = 0
+        chunks = []
+        for message in messages:
+            seq = next(self._seq) & 0xFFFFFFFF or next(self._seq)
+            message.seq = seq
+            message.flags |= NLM_F_REQUEST
+            chunks.append(message.encode())
+        self.transport.send(b"".join(chunks))
+        return seq
+
+    def errors_until(self, last: int) -> Iterator[tuple[int, int, str]]:
+        """Yield ``(seq, errno, text)`` of failed requests until ``last`` is answered.
+
+        ``last`` must have been sent with NLM_F_ACK (or fail). Other data
+        replies are dropped.
+        """
+        while True:
+            for mtype, flags, seq, payload in _messages(self.transport.recv()):
+                if mtype == NLMSG_OVERRUN:
+                    raise BufferOverrun(operation="request")
+                if mtype != NLMSG_ERROR:
+                    continue
+                reply = parse_error(payload, flags)
+                if reply.code:
+                    yield seq, -reply.code, reply.message
+                if seq == last:
+                    return
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """``(type, flags, seq, payload)`` of each message of a datagram."""
+    offset = 0
+    total = len(data)
+    while offset + NLMSGHDR.size <= total:
+        length, mtype, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > total:
+            break
+        yield mtype, flags, seq, data[offset + NLMSGHDR.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def _seq_of(data: bytes) -> int:
+    """The sequence number of a datagram's first message (0 if it has none)."""
+    return NLMSGHDR.unpack_from(data)[3] if len(data) >= NLMSGHDR.size else 0
+
+
+class Conntrack:
+    """A client of the kernel's connection tracking table (ctnetlink).
+
+    Use it as a context manager; it needs CAP_NET_ADMIN in the network
+    namespace it was created in.
+
+    Parameters:
+        transport_factory: makes a transport per channel (default: real
+            netlink sockets; tests pass a FakeTransport factory).
+        kernel_filters: which dump filter parts to try in the kernel
+            (``KernelFilter(0)``: filter only in Python). Parts the kernel
+            refuses are dropped from :attr:`kernel_filters` as they fail.
+        compiled: decode with per-layout compiled parsers (off: the generic walk).
+    """
+
+    def __init__(
+        self,
+        *,
+        transport_factory: Callable[[], Transport] | None = None,
+        kernel_filters: KernelFilter = KernelFilter.all(),  # noqa: B008 (an immutable flag)
+        compiled: bool = True,
+    ) -> None:
+        self._factory: Callable[[], Transport] = transport_factory or open_socket
+        self.kernel_filters = kernel_filters
+        #: Filter parts the kernel refused, with its error (for diagnostics).
+        self.refused: dict[KernelFilter, NetlinkError] = {}
+        self.decoder = Decoder(compiled=compiled)
+        self._idle: list[Exchange] = [Exchange(self._factory())]
+        self._closed = False
+
+    # -- channels ---------------------------------------------------------------------
+
+    def _acquire(self) -> Exchange:
+        if self._closed:
+            raise ValueError("this Conntrack is closed")
+        return self._idle.pop() if self._idle else Exchange(self._factory())
+
+    def _release(self, channel: Exchange) -> None:
+        if self._closed or len(self._idle) >= 2:
+            channel.close()
+        else:
+            self._idle.append(channel)
+
+    def close(self) -> None:
+        """Close every idle channel; dumps still iterated close theirs when they end."""
+        self._closed = True
+        for channel in self._idle:
+            channel.close()
+        self._idle.clear()
+
+    def __enter__(self) -> Conntrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- conversations ----------------------------------------------------------------
+
+    def _ack(self, message: Message, operation: str, hints: dict[int, str] | None = None) -> None:
+        """Send one request with NLM_F_ACK; raise the kernel's refusal."""
+        message.flags |= NLM_F_ACK
+        channel = self._acquire()
+        try:
+            last = channel.send([message])
+            for _seq, code, text in channel.errors_until(last):
+                raise kernel_error(code, operation, text, hints)
+        except NetlinkError:
+            self._release(channel)
+            raise
+        except BaseException:
+            channel.close()
+            raise
+        self._release(channel)
+
+    def _get(self, message: Message, operation: str, hints: dict[int, str] | None = None) -> Any:
+        """Send a single (non-dump) GET without NLM_F_ACK and decode its one reply.
+
+        An ACK would follow the reply into the socket and, with many GETs,
+        fill it (conntrack 1.4.7's "No buffer space available" on -U).
+        """
+        channel = self._acquire()
+        try:
+            seq = channel.send([message])
+            result = self._single_reply(channel, seq, operation, hints)
+        except NetlinkError:
+            self._release(channel)
+            raise
+        except BaseException:
+            channel.close()
+            raise
+        self._release(channel)
+        return result
+
+    def _single_reply(
+        self, channel: Exchange, seq: int, operation: str, hints: dict[int, str] | None
+    ) -> Any:
+        while True:
+            data = channel.transport.recv()
+            if _seq_of(data) != seq:
+                continue
+            items, others = self.decoder.decode(data)
+            for other in others:
+                if other.type == NLMSG_ERROR:
+                    reply = parse_error(other.payload, other.flags)
+                    if reply.code:
+                        raise kernel_error(-reply.code, operation, reply.message, hints)
+                elif other.seq == seq:
+                    return other
+            if items:
+                return items[0]
+
+    def _dump(
+        self, message: Message, operation: str, hints: dict[int, str] | None = None
+    ) -> Iterator[tuple[list[Any], list[Message]]]:
+        """Stream a dump: per datagram, its decoded objects and its other messages.
+
+        Raises (while iterating):
+            NetlinkError: the kernel refused the dump (before any datagram).
+            DumpInterrupted: the kernel flagged the dump inconsistent.
+        """
+        message.flags |= NLM_F_DUMP
+        channel = self._acquire()
+        finished = False
+        try:
+            seq = channel.send([message])
+            interrupted = False
+            while not finished:
+                data = channel.transport.recv()
+                if _seq_of(data) != seq:
+                    continue
+                items, others = self.decoder.decode(data)
+                rest = []
+                for other in others:
+                    if other.type == NLMSG_DONE:
+                        finished = True
+                    elif other.type == NLMSG_ERROR:
+                        reply = parse_error(other.payload, other.flags)
+                        finished = True
+                        if reply.code:
+                            raise kernel_error(-reply.code, operation, reply.message, hints)
+                    elif other.type == NLMSG_OVERRUN:
+                        raise BufferOverrun(operation=operation)
+                    elif other.flags & NLM_F_DUMP_INTR and not other.payload:
+                        interrupted = True
+                    else:
+                        rest.append(other)
+                if items or rest:
+                    yield items, rest
+            if interrupted:
+                raise DumpInterrupted(operation, [])
+        finally:
+            if finished:
+                self._release(channel)
+            else:
+                channel.close()
+
+    # -- flows ----------------------------------------------------------------------------
+
+    def dump(
+        self,
+        criteria: Filter | int = 0,
+        *,
+        mark: int | None = None,
+        mark_mask: int | None = None,
+        status: int | None = None,
+        status_mask: int | None = None,
+        zone: int | None = None,
+        orig: Tuple | None = None,
+        reply: Tuple | None = None,
+        table: str = "conntrack",
+        reset_counters: bool = False,
+    ) -> Iterator[Flow]:
+        """Stream the flows that match (all of them by default).
+
+        Parameters:
+            criteria: a :class:`Filter`, or a family (AF_INET, AF_INET6; 0: both).
+            mark, mark_mask, status, status_mask, zone: more criteria (see Filter).
+            orig, reply: tuples whose set fields must match exactly.
+            table: ``"conntrack"``, ``"dying"`` (entries whose DESTROY event
+                is pending) or ``"unconfirmed"`` (empty since Linux 5.19).
+            reset_counters: zero the counters while reading them (Linux 2.6.x+;
+                conntrack table only).
+
+        Criteria the kernel supports are sent with the request (see
+        :mod:`nfkit.conntrack.filters`); every entry is checked again here,
+        so the result does not depend on the kernel version. A dump is not
+        a snapshot: flows changing meanwhile may be missed or seen twice.
+
+        Raises (while iterating):
+            NetlinkPermissionError: without CAP_NET_ADMIN.
+            ValueError: unknown table, or ``reset_counters`` with another table.
+        """
+        flt = _combine(criteria, orig, reply, mark=mark, mark_mask=mark_mask, status=status,
+                       status_mask=status_mask, zone=zone)  # fmt: skip
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r} (conntrack, dying, unconfirmed)")
+        if reset_counters and table != "conntrack":
+            raise ValueError("reset_counters only applies to the conntrack table")
+        mtype = C.CT_GET_CTRZERO if reset_counters else TABLES[table]
+        return self._dump_flows(flt, mtype, table == "conntrack")
+
+    def _dump_flows(self, flt: Filter, mtype: int, kernel_side: bool) -> Iterator[Flow]:
+        match = None if flt.is_empty else flt.matches
+        family = flt.effective_family
+        # CTA_FILTER needs a family: with tuple criteria but none given, ask per family.
+        families = [family]
+        if not family and kernel_side and KernelFilter.TUPLE in self.kernel_filters:
+            _, used = flt.merged(family=AF_INET).kernel_attributes(KernelFilter.TUPLE)
+            if used:
+                families = [AF_INET, AF_INET6]
+        for dump_family in families:
+            for items in self._filtered_dump(flt, mtype, dump_family, kernel_side):
+                if match is None:
+                    yield from items
+                else:
+                    for flow in items:
+                        if match(flow):
+                            yield flow
+
+    def _filtered_dump(
+        self, flt: Filter, mtype: int, family: int, kernel_side: bool
+    ) -> Iterator[list[Flow]]:
+        """Per datagram, the flows a dump with as many kernel criteria as work returns."""
+        scoped = flt.merged(family=family) if family else flt
+        while True:
+            parts = self.kernel_filters if kernel_side else KernelFilter(0)
+            attributes, used = scoped.kernel_attributes(parts)
+            message = request(mtype, 0, family, attributes)
+            received = False
+            try:
+                for items, _others in self._dump(message, "conntrack dump", _DUMP_HINTS):
+                    received = True
+                    yield items
+                return
+            except NetlinkError as exc:
+                refused = _newest(used)
+                if received or refused is None or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.kernel_filters &= ~refused
+                self.refused[refused] = exc
+
+    def get(self, key: Flow | Tuple, zone: int | None = None) -> Flow:
+        """The flow with this original tuple (a Flow: its original, else its reply tuple).
+
+        Raises:
+            NetlinkNotFound: no such flow.
+        """
+        message = request(C.CT_GET, 0, key.family, lookup_attributes(key, zone, with_id=False))
+        flow: Flow = self._get(message, "conntrack get", {errno.ENOENT: "no such flow"})
+        return flow
+
+    def create(self, flow: Flow) -> None:
+        """Create ``flow`` (it needs a tuple and a timeout; the other tuple is derived).
+
+        Raises:
+            NetlinkExists: a flow with this tuple exists.
+            EncodeError: no timeout, or values that do not encode.
+        """
+        self._new(flow, NLM_F_CREATE | NLM_F_EXCL, "conntrack create")
+
+    def update(self, flow: Flow) -> None:
+        """Change the existing flow with ``flow``'s tuple: the attributes ``flow`` sets.
+
+        ``mark_mask`` limits the mark bits changed (new = old & ~mask ^ mark),
+        ``labels_mask`` the label bits. Status bits can only be added.
+
+        Raises:
+            NetlinkNotFound: no such flow.
+            NetlinkBusy: a status or helper change the kernel refuses.
+        """
+        self._new(flow, 0, "conntrack update")
+
+    def create_or_update(self, flow: Flow) -> None:
+        """Create ``flow``, or update the flow that has its tuple."""
+        self._new(flow, NLM_F_CREATE, "conntrack create-or-update")
+
+    def _new(self, flow: Flow, flags: int, operation: str) -> None:
+        create = bool(flags & NLM_F_CREATE)
+        attributes = encode_flow(flow, create=create)
+        hints = _change_hints(flow, create)
+        # After auto-loading a helper or NAT module the kernel asks to retry (EAGAIN).
+        for attempt in range(2):
+            try:
+                self._ack(request(C.CT_NEW, flags, _family(flow), attributes), operation, hints)
+                return
+            except NetlinkError as exc:
+                if exc.errno != errno.EAGAIN or attempt:
+                    raise
+
+    def delete(self, key: Flow | Tuple) -> None:
+        """Delete one flow (by its id too when known, so a successor is spared).
+
+        Raises:
+            NetlinkNotFound: no such flow (or it was replaced).
+        """
+        message = request(C.CT_DELETE, 0, key.family, lookup_attributes(key))
+        self._ack(message, "conntrack delete", {errno.ENOENT: "no such flow"})
+
+    def delete_many(self, criteria: Filter | Callable[[Flow], bool] | None = None) -> int:
+        """Delete every flow that matches; return how many this call deleted.
+
+        ``criteria`` is a :class:`Filter` (pushed into the kernel's dump as
+        far as possible) or any predicate on flows. The matching flows are
+        dumped first, then deleted with many CT_DELETE requests per datagram;
+        flows that vanished meanwhile (ENOENT) are not counted.
+        """
+        if criteria is None or isinstance(criteria, Filter):
+            flows = list(self.dump(criteria or Filter()))
+        else:
+            flows = [flow for flow in self.dump() if criteria(flow)]
+        return self._delete_flows(flows)
+
+    def _delete_flows(self, flows: list[Flow]) -> int:
+        deleted = 0
+        batch: list[Message] = []
+        size = 0
+        for flow in itertools.chain(flows, [None]):
+            if flow is not None:
+                message = request(C.CT_DELETE, 0, flow.family, lookup_attributes(flow))
+                batch.append(message)
+                size += len(message.payload) + NLMSGHDR.size
+            if batch and (flow is None or size >= BATCH_BYTES):
+                deleted += self._send_batch(batch, "conntrack delete")
+                batch = []
+                size = 0
+        return deleted
+
+    def _send_batch(self, batch: list[Message], operation: str) -> int:
+        """Send requests in one datagram, ACK asked only of the last; count successes.
+
+        The kernel answers the others only when they fail. ENOENT (the flow
+        is gone already) is tolerated; any other failure is raised after
+        the batch.
+        """
+        batch[-1].flags |= NLM_F_ACK
+        channel = self._acquire()
+        failures = 0
+        first_error: NetlinkError | None = None
+        try:
+            last = channel.send(batch)
+            for _seq, code, text in channel.errors_until(last):
+                failures += 1
+                if code != errno.ENOENT and first_error is None:
+                    first_error = kernel_error(code, operation, text)
+        except BaseException:
+            channel.close()
+            raise
+        self._release(channel)
+        if first_error is not None:
+            raise first_error
+        return len(batch) - failures
+
+    def flush(
+        self,
+        family: int | None = None,
+        mark: int | None = None,
+        mark_mask: int | None = None,
+        zone: int | None = None,
+        status: int | None = None,
+        status_mask: int | None = None,
+    ) -> None:
+        """Delete every flow, or those of a family, mark, zone or status.
+
+        The request is sent with nfgenmsg version 1, the only way the kernel
+        honours the family (conntrack 1.4.7's ``-F -f ipv4`` flushes every
+        family). A kernel that would ignore a criterion (zone before Linux
+        6.8, status before 5.15, mark before 4.0) must not flush more than
+        asked: there the matching flows are deleted one by one instead.
+        """
+        flt = Filter(family=family or 0, mark=mark, mark_mask=mark_mask, zone=zone,
+                     status=status, status_mask=status_mask)  # fmt: skip
+        attributes, _ = flt.kernel_attributes(_flush_parts(kernel_release()))
+        wanted, _ = flt.kernel_attributes(KernelFilter.all())
+        if attributes != wanted:
+            self.delete_many(flt)
+            return
+        message = request(C.CT_DELETE, 0, family or 0, attributes, version=C.NFNETLINK_V1)
+        self._ack(message, "conntrack flush")
+
+    def count(self) -> int:
+        """The number of flows in the table (CT_GET_STATS)."""
+        return self.stats().entries
+
+    def stats(self) -> GlobalStats:
+        """Flows in the table and the table's maximum (``nf_conntrack_max``)."""
+        reply: Message = self._get(request(C.CT_GET_STATS, 0, 0), "conntrack stats")
+        return decode_global_stats(reply)
+
+    def stats_per_cpu(self) -> list[CPUStats]:
+        """Per-CPU counters (found, invalid, insert, drop, early_drop, ...)."""
+        return self._cpu_stats(C.CT_GET_STATS_CPU, C.STATS_CPU_NAMES)
+
+    def _cpu_stats(self, mtype: int, names: dict[int, str]) -> list[CPUStats]:
+        message = request(mtype, 0, 0)
+        return [
+            decode_cpu_stats(other, names)
+            for _items, others in self._dump(message, "conntrack statistics")
+            for other in others
+        ]
+
+    # -- expectations ------------------------------------------------------------------------
+
+    def expectations(self, family: int = 0) -> Iterator[Expectation]:
+        """Stream the expectation table (of one family, 0: all)."""
+        for items, _others in self._dump(request(C.EXP_GET, 0, family), "expectation dump"):
+            yield from items
+
+    def get_expectation(self, key: Expectation | Tuple, zone: int | None = None) -> Expectation:
+        """The expectation with this (expected) tuple.
+
+        Raises:
+            NetlinkNotFound: no such expectation.
+        """
+        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
+        message = request(C.EXP_GET, 0, family, expectation_key(key, zone))
+        expectation: Expectation = self._get(
+            message, "expectation get", {errno.ENOENT: "no such expectation"}
+        )
+        return expectation
+
+    def create_expectation(self, expectation: Expectation) -> None:
+        """Create an expectation: master tuple, expected tuple and mask are needed.
+
+        The master flow must exist and have a helper (create it with
+        ``helper="ftp"``, for instance), else the kernel refuses.
+
+        Raises:
+            NetlinkNotFound: no master flow with that tuple.
+            NetlinkNotSupported: the master has no helper, or the helper is unknown.
+        """
+        family = _expectation_family(expectation)
+        message = request(C.EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, family,
+                          encode_expectation(expectation))  # fmt: skip
+        hints = {
+            errno.ENOENT: "master flow not found",
+            errno.EOPNOTSUPP: "the master flow needs a helper (and the helper must exist)",
+        }
+        for attempt in range(2):
+            try:
+                self._ack(message, "expectation create", hints)
+                return
+            except NetlinkError as exc:
+                if exc.errno != errno.EAGAIN or attempt:
+                    raise
+
+    def delete_expectation(self, key: Expectation | Tuple) -> None:
+        """Delete one expectation by its tuple (and id when known).
+
+        Raises:
+            NetlinkNotFound: no such expectation.
+        """
+        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
+        message = request(C.EXP_DELETE, 0, family, expectation_key(key))
+        self._ack(message, "expectation delete", {errno.ENOENT: "no such expectation"})
+
+    def flush_expectations(self) -> None:
+        """Delete every expectation."""
+        self._ack(request(C.EXP_DELETE, 0, 0), "expectation flush")
+
+    def expectation_stats_per_cpu(self) -> list[CPUStats]:
+        """Per-CPU expectation counters (expect_new, expect_create, expect_delete)."""
+        return self._cpu_stats(C.EXP_GET_STATS_CPU, C.STATS_EXP_NAMES)
+
+
+_DUMP_HINTS = {errno.EINVAL: "is nf_conntrack_netlink available?"}
+
+
+def _combine(
+    criteria: Filter | int, orig: Tuple | None, reply: Tuple | None, **extra: Any
+) -> Filter:
+    flt = criteria if isinstance(criteria, Filter) else Filter(family=criteria)
+    if orig is not None or reply is not None:
+        extra.update(Filter.from_tuples(orig, reply).criteria())
+    return flt.merged(**extra)
+
+
+def _newest(used: KernelFilter) -> KernelFilter | None:
+    return next((part for part in NEWEST_FIRST if part in used), None)
+
+
+def _family(flow: Flow) -> int:
+    family = flow.family
+    if family not in (AF_INET, AF_INET6):
+        raise EncodeError("a flow needs a tuple of family AF_INET or AF_INET6")
+    return family
+
+
+def _expectation_family(expectation: Expectation) -> int:
+    for tup in (expectation.tuple, expectation.master):
+        if tup is not None:
+            return tup.family
+    raise EncodeError("an expectation needs its tuple")
+
+
+def _change_hints(flow: Flow, create: bool) -> dict[int, str]:
+    """What the errors of a create/update most likely mean for this flow."""
+    hints = {
+        errno.EEXIST: "the flow exists (update it instead)",
+        errno.ENOENT: "no such flow" if not create else "master flow not found",
+        errno.EBUSY: "the kernel refuses this status or helper change "
+        "(SEEN_REPLY/ASSURED cannot be cleared, the helper cannot change)",
+        errno.ETIME: "the flow is expiring",
+        errno.EPERM: "the flow has a fixed timeout, or " + PERMISSION_HINT,
+    }
+    if flow.labels is not None:
+        hints[errno.ENOSPC] = LABELS_HINT
+        hints[errno.EOPNOTSUPP] = "this kernel lacks conntrack labels (CONFIG_NF_CONNTRACK_LABELS)"
+    if flow.helper is not None:
+        hints[errno.EOPNOTSUPP] = (
+            f"helper {flow.helper!r} unavailable (module nf_conntrack_{flow.helper}?)"
+            if create
+            else "a helper cannot be added to an existing flow"
+        )
+    if create and (flow.nat_src is not None or flow.nat_dst is not None):
+        hints[errno.EOPNOTSUPP] = "NAT needs the nf_nat module"
+    if create and flow.timeout is None:
+        hints[errno.EINVAL] = "creating a flow needs a timeout"
+    return hints
+
+
+def kernel_release() -> tuple[int, int]:
+    """The running kernel's (major, minor) version."""
+    release = os.uname().release
+    numbers = release.split("-", 1)[0].split(".")
+    try:
+        return int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _flush_parts(version: tuple[int, int]) -> KernelFilter:
+    """Flush criteria a kernel honours (an ignored one would flush too much)."""
+    parts = KernelFilter(0)
+    if version >= (4, 0):
+        parts |= KernelFilter.MARK
+    if version >= (5, 15):
+        parts |= KernelFilter.STATUS
+    if version >= (6, 8):
+        parts |= KernelFilter.ZONE
+    return parts
