@@ -1,23 +1,28 @@
 """The synchronous ctnetlink client: :class:`Conntrack`.
 
-Each :class:`Conntrack` owns its netlink sockets ("channels"). A dump streams
-from one channel while it is iterated; a request made meanwhile (deleting
-the flows as they come, say) goes through a second channel, as conntrack(8)
-does with its "modifier" socket. A dump abandoned half-way closes its
-channel, which is the only way to stop the kernel from sending the rest.
+Each client owns its netlink sockets ("channels"). A dump streams from one
+channel while it is iterated; a request made meanwhile (deleting the flows as
+they come, say) goes through a second channel, as conntrack(8) does with its
+"modifier" socket. A dump abandoned half-way closes its channel, which is the
+only way to stop the kernel from sending the rest.
 
-Requests are built by the functions of :mod:`nfkit.conntrack.codec`; the
-:class:`Exchange` helpers here only move bytes and map kernel errors to
-exceptions that say what is missing.
+Requests are built by the functions of :mod:`nfkit.conntrack.codec`. Every
+operation is written once, in :class:`ClientCore`, as a generator that never
+reads a socket itself: it yields the channel whose next datagram it needs and
+is sent the bytes back (a :data:`Call`); a dump also yields lists of results
+(a :data:`Stream`). :class:`Conntrack` runs those generators with blocking
+reads; :class:`nfkit.conntrack.aio.AsyncConntrack` runs the same generators
+from an asyncio event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, TypeVar
 
 from nfkit.conntrack import const as C
 from nfkit.conntrack.codec import (
@@ -62,6 +67,8 @@ TABLES = {"conntrack": C.CT_GET, "dying": C.CT_GET_DYING, "unconfirmed": C.CT_GE
 
 PERMISSION_HINT = "needs CAP_NET_ADMIN in this network namespace (run as root)"
 LABELS_HINT = "labels need a ruleset using ct label / connlabel (kernel >= 6.6)"
+
+T = TypeVar("T")
 
 
 def open_socket(
@@ -112,26 +119,52 @@ class Exchange:
         self.transport.send(b"".join(chunks))
         return seq
 
-    def errors_until(self, last: int) -> Iterator[tuple[int, int, str]]:
-        """Yield ``(seq, errno, text)`` of failed requests until ``last`` is answered.
+    def errors_until(self, last: int) -> Call[list[tuple[int, int, str]]]:
+        """The ``(seq, errno, text)`` of failed requests, read until ``last`` is answered.
 
         ``last`` must have been sent with NLM_F_ACK (or fail). Other data
         replies are dropped.
         """
+        errors = []
         while True:
-            for mtype, flags, seq, payload in _messages(self.transport.recv()):
+            data = yield self
+            for mtype, flags, seq, payload in _messages(data):
                 if mtype == NLMSG_OVERRUN:
                     raise BufferOverrun(operation="request")
                 if mtype != NLMSG_ERROR:
                     continue
                 reply = parse_error(payload, flags)
                 if reply.code:
-                    yield seq, -reply.code, reply.message
+                    errors.append((seq, -reply.code, reply.message))
                 if seq == last:
-                    return
+                    return errors
 
     def close(self) -> None:
         self.transport.close()
+
+
+#: An operation that needs datagrams: it yields the channel to read from, is
+#: sent the next datagram of that channel, and returns its result.
+Call = Generator[Exchange, bytes, T]
+#: A streaming operation: like a :data:`Call`, and it also yields lists of
+#: results to hand out as they arrive (it is sent ``b""`` after those).
+Stream = Generator[Exchange | list[T], bytes, None]
+
+
+def gather(stream: Stream[T]) -> Call[list[T]]:
+    """A call that collects every result of ``stream``."""
+    gathered: list[T] = []
+    with contextlib.closing(stream):
+        try:
+            step = next(stream)
+            while True:
+                if isinstance(step, Exchange):
+                    step = stream.send((yield step))
+                else:
+                    gathered += step
+                    step = stream.send(b"")
+        except StopIteration:
+            return gathered
 
 
 def _messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
@@ -151,11 +184,9 @@ def _seq_of(data: bytes) -> int:
     return NLMSGHDR.unpack_from(data)[3] if len(data) >= NLMSGHDR.size else 0
 
 
-class Conntrack:
-    """A client of the kernel's connection tracking table (ctnetlink).
-
-    Use it as a context manager; it needs CAP_NET_ADMIN in the network
-    namespace it was created in.
+class ClientCore:
+    """What :class:`Conntrack` and the asyncio client share: channels, decoder
+    and every operation, written as :data:`Call`/:data:`Stream` generators.
 
     Parameters:
         transport_factory: makes a transport per channel (default: real
@@ -201,21 +232,23 @@ class Conntrack:
             channel.close()
         self._idle.clear()
 
-    def __enter__(self) -> Conntrack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @property
+    def portid(self) -> int:
+        """The netlink port id of the first idle channel (events caused by its
+        requests carry it); 0 when every channel is busy or the client is closed."""
+        return self._idle[-1].transport.portid if self._idle else 0
 
     # -- conversations ----------------------------------------------------------------
 
-    def _ack(self, message: Message, operation: str, hints: dict[int, str] | None = None) -> None:
+    def _ack(
+        self, message: Message, operation: str, hints: dict[int, str] | None = None
+    ) -> Call[None]:
         """Send one request with NLM_F_ACK; raise the kernel's refusal."""
         message.flags |= NLM_F_ACK
         channel = self._acquire()
         try:
             last = channel.send([message])
-            for _seq, code, text in channel.errors_until(last):
+            for _seq, code, text in (yield from channel.errors_until(last)):
                 raise kernel_error(code, operation, text, hints)
         except NetlinkError:
             self._release(channel)
@@ -225,7 +258,9 @@ class Conntrack:
             raise
         self._release(channel)
 
-    def _get(self, message: Message, operation: str, hints: dict[int, str] | None = None) -> Any:
+    def _get(
+        self, message: Message, operation: str, hints: dict[int, str] | None = None
+    ) -> Call[Any]:
         """Send a single (non-dump) GET without NLM_F_ACK and decode its one reply.
 
         An ACK would follow the reply into the socket and, with many GETs,
@@ -234,7 +269,7 @@ class Conntrack:
         channel = self._acquire()
         try:
             seq = channel.send([message])
-            result = self._single_reply(channel, seq, operation, hints)
+            result = yield from self._single_reply(channel, seq, operation, hints)
         except NetlinkError:
             self._release(channel)
             raise
@@ -246,9 +281,9 @@ class Conntrack:
 
     def _single_reply(
         self, channel: Exchange, seq: int, operation: str, hints: dict[int, str] | None
-    ) -> Any:
+    ) -> Call[Any]:
         while True:
-            data = channel.transport.recv()
+            data = yield channel
             if _seq_of(data) != seq:
                 continue
             items, others = self.decoder.decode(data)
@@ -263,9 +298,14 @@ class Conntrack:
                 return items[0]
 
     def _dump(
-        self, message: Message, operation: str, hints: dict[int, str] | None = None
-    ) -> Iterator[tuple[list[Any], list[Message]]]:
-        """Stream a dump: per datagram, its decoded objects and its other messages.
+        self,
+        message: Message,
+        operation: str,
+        hints: dict[int, str] | None = None,
+        pick: Callable[[list[Any], list[Message]], list[T]] = lambda items, _others: items,
+    ) -> Stream[T]:
+        """Stream a dump: per datagram, what ``pick`` keeps of its decoded
+        objects and its other messages (by default the objects).
 
         Raises (while iterating):
             NetlinkError: the kernel refused the dump (before any datagram).
@@ -278,7 +318,7 @@ class Conntrack:
             seq = channel.send([message])
             interrupted = False
             while not finished:
-                data = channel.transport.recv()
+                data = yield channel
                 if _seq_of(data) != seq:
                     continue
                 items, others = self.decoder.decode(data)
@@ -298,7 +338,9 @@ class Conntrack:
                     else:
                         rest.append(other)
                 if items or rest:
-                    yield items, rest
+                    picked = pick(items, rest)
+                    if picked:
+                        yield picked
             if interrupted:
                 raise DumpInterrupted(operation, [])
         finally:
@@ -306,6 +348,253 @@ class Conntrack:
                 self._release(channel)
             else:
                 channel.close()
+
+    # -- flows ----------------------------------------------------------------------------
+
+    def _op_dump(
+        self,
+        criteria: Filter | int,
+        orig: Tuple | None,
+        reply: Tuple | None,
+        table: str,
+        reset_counters: bool,
+        **extra: int | None,
+    ) -> Stream[Flow]:
+        """Check the arguments of a dump (see :meth:`Conntrack.dump`) and plan it."""
+        flt = _combine(criteria, orig, reply, **extra)
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r} (conntrack, dying, unconfirmed)")
+        if reset_counters and table != "conntrack":
+            raise ValueError("reset_counters only applies to the conntrack table")
+        mtype = C.CT_GET_CTRZERO if reset_counters else TABLES[table]
+        return self._dump_flows(flt, mtype, table == "conntrack")
+
+    def _dump_flows(self, flt: Filter, mtype: int, kernel_side: bool) -> Stream[Flow]:
+        match = None if flt.is_empty else flt.matches
+        family = flt.effective_family
+        # CTA_FILTER needs a family: with tuple criteria but none given, ask per family.
+        families = [family]
+        if not family and kernel_side and KernelFilter.TUPLE in self.kernel_filters:
+            _, used = flt.merged(family=AF_INET).kernel_attributes(KernelFilter.TUPLE)
+            if used:
+                families = [AF_INET, AF_INET6]
+        for dump_family in families:
+            yield from self._filtered_dump(flt, mtype, dump_family, kernel_side, match)
+
+    def _filtered_dump(
+        self,
+        flt: Filter,
+        mtype: int,
+        family: int,
+        kernel_side: bool,
+        match: Callable[[Flow], bool] | None,
+    ) -> Stream[Flow]:
+        """The matching flows of a dump with as many kernel criteria as work."""
+        scoped = flt.merged(family=family) if family else flt
+        while True:
+            parts = self.kernel_filters if kernel_side else KernelFilter(0)
+            attributes, used = scoped.kernel_attributes(parts)
+            message = request(mtype, 0, family, attributes)
+            received = False
+
+            def pick(items: list[Flow], _others: list[Message]) -> list[Flow]:
+                nonlocal received
+                received = True
+                return items if match is None else [flow for flow in items if match(flow)]
+
+            try:
+                yield from self._dump(message, "conntrack dump", _DUMP_HINTS, pick)
+                return
+            except NetlinkError as exc:
+                refused = _newest(used)
+                if received or refused is None or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.kernel_filters &= ~refused
+                self.refused[refused] = exc
+
+    def _op_get(self, key: Flow | Tuple, zone: int | None) -> Call[Flow]:
+        message = request(C.CT_GET, 0, key.family, lookup_attributes(key, zone, with_id=False))
+        flow: Flow = yield from self._get(message, "conntrack get", {errno.ENOENT: "no such flow"})
+        return flow
+
+    def _op_new(self, flow: Flow, flags: int, operation: str) -> Call[None]:
+        """Create and/or update ``flow`` (CT_NEW with ``flags``)."""
+        create = bool(flags & NLM_F_CREATE)
+        attributes = encode_flow(flow, create=create)
+        hints = _change_hints(flow, create)
+        # After auto-loading a helper or NAT module the kernel asks to retry (EAGAIN).
+        for attempt in range(2):
+            try:
+                message = request(C.CT_NEW, flags, _family(flow), attributes)
+                yield from self._ack(message, operation, hints)
+                return
+            except NetlinkError as exc:
+                if exc.errno != errno.EAGAIN or attempt:
+                    raise
+
+    def _op_delete(self, key: Flow | Tuple) -> Call[None]:
+        message = request(C.CT_DELETE, 0, key.family, lookup_attributes(key))
+        yield from self._ack(message, "conntrack delete", {errno.ENOENT: "no such flow"})
+
+    def _op_delete_many(self, criteria: Filter | Callable[[Flow], bool] | None) -> Call[int]:
+        if criteria is None or isinstance(criteria, Filter):
+            flows = yield from gather(self._op_dump(criteria or Filter(), None, None,
+                                                    "conntrack", False))  # fmt: skip
+        else:
+            flows = [
+                flow
+                for flow in (yield from gather(self._op_dump(0, None, None, "conntrack", False)))
+                if criteria(flow)
+            ]
+        return (yield from self._delete_flows(flows))
+
+    def _delete_flows(self, flows: list[Flow]) -> Call[int]:
+        deleted = 0
+        batch: list[Message] = []
+        size = 0
+        for flow in itertools.chain(flows, [None]):
+            if flow is not None:
+                message = request(C.CT_DELETE, 0, flow.family, lookup_attributes(flow))
+                batch.append(message)
+                size += len(message.payload) + NLMSGHDR.size
+            if batch and (flow is None or size >= BATCH_BYTES):
+                deleted += yield from self._send_batch(batch, "conntrack delete")
+                batch = []
+                size = 0
+        return deleted
+
+    def _send_batch(self, batch: list[Message], operation: str) -> Call[int]:
+        """Send requests in one datagram, ACK asked only of the last; count successes.
+
+        The kernel answers the others only when they fail. ENOENT (the flow
+        is gone already) is tolerated; any other failure is raised after
+        the batch.
+        """
+        batch[-1].flags |= NLM_F_ACK
+        channel = self._acquire()
+        failures = 0
+        first_error: NetlinkError | None = None
+        try:
+            last = channel.send(batch)
+            for _seq, code, text in (yield from channel.errors_until(last)):
+                failures += 1
+                if code != errno.ENOENT and first_error is None:
+                    first_error = kernel_error(code, operation, text)
+        except BaseException:
+            channel.close()
+            raise
+        self._release(channel)
+        if first_error is not None:
+            raise first_error
+        return len(batch) - failures
+
+    def _op_flush(
+        self,
+        family: int | None,
+        mark: int | None,
+        mark_mask: int | None,
+        zone: int | None,
+        status: int | None,
+        status_mask: int | None,
+    ) -> Call[None]:
+        flt = Filter(family=family or 0, mark=mark, mark_mask=mark_mask, zone=zone,
+                     status=status, status_mask=status_mask)  # fmt: skip
+        attributes, _ = flt.kernel_attributes(_flush_parts(kernel_release()))
+        wanted, _ = flt.kernel_attributes(KernelFilter.all())
+        if attributes != wanted:
+            yield from self._op_delete_many(flt)
+            return
+        message = request(C.CT_DELETE, 0, family or 0, attributes, version=C.NFNETLINK_V1)
+        yield from self._ack(message, "conntrack flush")
+
+    def _op_stats(self) -> Call[GlobalStats]:
+        reply: Message = yield from self._get(request(C.CT_GET_STATS, 0, 0), "conntrack stats")
+        return decode_global_stats(reply)
+
+    def _op_cpu_stats(self, mtype: int, names: dict[int, str]) -> Call[list[CPUStats]]:
+        def pick(_items: list[Any], others: list[Message]) -> list[CPUStats]:
+            return [decode_cpu_stats(other, names) for other in others]
+
+        message = request(mtype, 0, 0)
+        return (yield from gather(self._dump(message, "conntrack statistics", None, pick)))
+
+    # -- expectations ------------------------------------------------------------------------
+
+    def _op_expectations(self, family: int) -> Stream[Expectation]:
+        return self._dump(request(C.EXP_GET, 0, family), "expectation dump")
+
+    def _op_get_expectation(self, key: Expectation | Tuple, zone: int | None) -> Call[Expectation]:
+        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
+        message = request(C.EXP_GET, 0, family, expectation_key(key, zone))
+        expectation: Expectation = yield from self._get(
+            message, "expectation get", {errno.ENOENT: "no such expectation"}
+        )
+        return expectation
+
+    def _op_create_expectation(self, expectation: Expectation) -> Call[None]:
+        family = _expectation_family(expectation)
+        message = request(C.EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, family,
+                          encode_expectation(expectation))  # fmt: skip
+        hints = {
+            errno.ENOENT: "master flow not found",
+            errno.EOPNOTSUPP: "the master flow needs a helper (and the helper must exist)",
+        }
+        for attempt in range(2):
+            try:
+                yield from self._ack(message, "expectation create", hints)
+                return
+            except NetlinkError as exc:
+                if exc.errno != errno.EAGAIN or attempt:
+                    raise
+
+    def _op_delete_expectation(self, key: Expectation | Tuple) -> Call[None]:
+        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
+        message = request(C.EXP_DELETE, 0, family, expectation_key(key))
+        yield from self._ack(message, "expectation delete", {errno.ENOENT: "no such expectation"})
+
+    def _op_flush_expectations(self) -> Call[None]:
+        yield from self._ack(request(C.EXP_DELETE, 0, 0), "expectation flush")
+
+
+class Conntrack(ClientCore):
+    """A client of the kernel's connection tracking table (ctnetlink).
+
+    Use it as a context manager; it needs CAP_NET_ADMIN in the network
+    namespace it was created in. Parameters: see :class:`ClientCore`.
+    """
+
+    def __enter__(self) -> Conntrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running the shared operations with blocking reads ----------------------------------
+
+    @staticmethod
+    def _call(call: Call[T]) -> T:
+        with contextlib.closing(call):
+            try:
+                channel = next(call)
+                while True:
+                    channel = call.send(channel.transport.recv())
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
+
+    @staticmethod
+    def _stream(stream: Stream[T]) -> Iterator[T]:
+        with contextlib.closing(stream):
+            try:
+                step = next(stream)
+                while True:
+                    if isinstance(step, Exchange):
+                        step = stream.send(step.transport.recv())
+                    else:
+                        yield from step
+                        step = stream.send(b"")
+            except StopIteration:
+                return
 
     # -- flows ----------------------------------------------------------------------------
 
@@ -343,54 +632,9 @@ class Conntrack:
             NetlinkPermissionError: without CAP_NET_ADMIN.
             ValueError: unknown table, or ``reset_counters`` with another table.
         """
-        flt = _combine(criteria, orig, reply, mark=mark, mark_mask=mark_mask, status=status,
-                       status_mask=status_mask, zone=zone)  # fmt: skip
-        if table not in TABLES:
-            raise ValueError(f"unknown table {table!r} (conntrack, dying, unconfirmed)")
-        if reset_counters and table != "conntrack":
-            raise ValueError("reset_counters only applies to the conntrack table")
-        mtype = C.CT_GET_CTRZERO if reset_counters else TABLES[table]
-        return self._dump_flows(flt, mtype, table == "conntrack")
-
-    def _dump_flows(self, flt: Filter, mtype: int, kernel_side: bool) -> Iterator[Flow]:
-        match = None if flt.is_empty else flt.matches
-        family = flt.effective_family
-        # CTA_FILTER needs a family: with tuple criteria but none given, ask per family.
-        families = [family]
-        if not family and kernel_side and KernelFilter.TUPLE in self.kernel_filters:
-            _, used = flt.merged(family=AF_INET).kernel_attributes(KernelFilter.TUPLE)
-            if used:
-                families = [AF_INET, AF_INET6]
-        for dump_family in families:
-            for items in self._filtered_dump(flt, mtype, dump_family, kernel_side):
-                if match is None:
-                    yield from items
-                else:
-                    for flow in items:
-                        if match(flow):
-                            yield flow
-
-    def _filtered_dump(
-        self, flt: Filter, mtype: int, family: int, kernel_side: bool
-    ) -> Iterator[list[Flow]]:
-        """Per datagram, the flows a dump with as many kernel criteria as work returns."""
-        scoped = flt.merged(family=family) if family else flt
-        while True:
-            parts = self.kernel_filters if kernel_side else KernelFilter(0)
-            attributes, used = scoped.kernel_attributes(parts)
-            message = request(mtype, 0, family, attributes)
-            received = False
-            try:
-                for items, _others in self._dump(message, "conntrack dump", _DUMP_HINTS):
-                    received = True
-                    yield items
-                return
-            except NetlinkError as exc:
-                refused = _newest(used)
-                if received or refused is None or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                self.kernel_filters &= ~refused
-                self.refused[refused] = exc
+        return self._stream(self._op_dump(criteria, orig, reply, table, reset_counters,
+                                          mark=mark, mark_mask=mark_mask, status=status,
+                                          status_mask=status_mask, zone=zone))  # fmt: skip
 
     def get(self, key: Flow | Tuple, zone: int | None = None) -> Flow:
         """The flow with this original tuple (a Flow: its original, else its reply tuple).
@@ -398,9 +642,7 @@ class Conntrack:
         Raises:
             NetlinkNotFound: no such flow.
         """
-        message = request(C.CT_GET, 0, key.family, lookup_attributes(key, zone, with_id=False))
-        flow: Flow = self._get(message, "conntrack get", {errno.ENOENT: "no such flow"})
-        return flow
+        return self._call(self._op_get(key, zone))
 
     def create(self, flow: Flow) -> None:
         """Create ``flow`` (it needs a tuple and a timeout; the other tuple is derived).
@@ -409,7 +651,7 @@ class Conntrack:
             NetlinkExists: a flow with this tuple exists.
             EncodeError: no timeout, or values that do not encode.
         """
-        self._new(flow, NLM_F_CREATE | NLM_F_EXCL, "conntrack create")
+        self._call(self._op_new(flow, NLM_F_CREATE | NLM_F_EXCL, "conntrack create"))
 
     def update(self, flow: Flow) -> None:
         """Change the existing flow with ``flow``'s tuple: the attributes ``flow`` sets.
@@ -421,24 +663,11 @@ class Conntrack:
             NetlinkNotFound: no such flow.
             NetlinkBusy: a status or helper change the kernel refuses.
         """
-        self._new(flow, 0, "conntrack update")
+        self._call(self._op_new(flow, 0, "conntrack update"))
 
     def create_or_update(self, flow: Flow) -> None:
         """Create ``flow``, or update the flow that has its tuple."""
-        self._new(flow, NLM_F_CREATE, "conntrack create-or-update")
-
-    def _new(self, flow: Flow, flags: int, operation: str) -> None:
-        create = bool(flags & NLM_F_CREATE)
-        attributes = encode_flow(flow, create=create)
-        hints = _change_hints(flow, create)
-        # After auto-loading a helper or NAT module the kernel asks to retry (EAGAIN).
-        for attempt in range(2):
-            try:
-                self._ack(request(C.CT_NEW, flags, _family(flow), attributes), operation, hints)
-                return
-            except NetlinkError as exc:
-                if exc.errno != errno.EAGAIN or attempt:
-                    raise
+        self._call(self._op_new(flow, NLM_F_CREATE, "conntrack create-or-update"))
 
     def delete(self, key: Flow | Tuple) -> None:
         """Delete one flow (by its id too when known, so a successor is spared).
@@ -446,8 +675,7 @@ class Conntrack:
         Raises:
             NetlinkNotFound: no such flow (or it was replaced).
         """
-        message = request(C.CT_DELETE, 0, key.family, lookup_attributes(key))
-        self._ack(message, "conntrack delete", {errno.ENOENT: "no such flow"})
+        self._call(self._op_delete(key))
 
     def delete_many(self, criteria: Filter | Callable[[Flow], bool] | None = None) -> int:
         """Delete every flow that matches; return how many this call deleted.
@@ -457,51 +685,7 @@ class Conntrack:
         dumped first, then deleted with many CT_DELETE requests per datagram;
         flows that vanished meanwhile (ENOENT) are not counted.
         """
-        if criteria is None or isinstance(criteria, Filter):
-            flows = list(self.dump(criteria or Filter()))
-        else:
-            flows = [flow for flow in self.dump() if criteria(flow)]
-        return self._delete_flows(flows)
-
-    def _delete_flows(self, flows: list[Flow]) -> int:
-        deleted = 0
-        batch: list[Message] = []
-        size = 0
-        for flow in itertools.chain(flows, [None]):
-            if flow is not None:
-                message = request(C.CT_DELETE, 0, flow.family, lookup_attributes(flow))
-                batch.append(message)
-                size += len(message.payload) + NLMSGHDR.size
-            if batch and (flow is None or size >= BATCH_BYTES):
-                deleted += self._send_batch(batch, "conntrack delete")
-                batch = []
-                size = 0
-        return deleted
-
-    def _send_batch(self, batch: list[Message], operation: str) -> int:
-        """Send requests in one datagram, ACK asked only of the last; count successes.
-
-        The kernel answers the others only when they fail. ENOENT (the flow
-        is gone already) is tolerated; any other failure is raised after
-        the batch.
-        """
-        batch[-1].flags |= NLM_F_ACK
-        channel = self._acquire()
-        failures = 0
-        first_error: NetlinkError | None = None
-        try:
-            last = channel.send(batch)
-            for _seq, code, text in channel.errors_until(last):
-                failures += 1
-                if code != errno.ENOENT and first_error is None:
-                    first_error = kernel_error(code, operation, text)
-        except BaseException:
-            channel.close()
-            raise
-        self._release(channel)
-        if first_error is not None:
-            raise first_error
-        return len(batch) - failures
+        return self._call(self._op_delete_many(criteria))
 
     def flush(
         self,
@@ -520,15 +704,7 @@ class Conntrack:
         6.8, status before 5.15, mark before 4.0) must not flush more than
         asked: there the matching flows are deleted one by one instead.
         """
-        flt = Filter(family=family or 0, mark=mark, mark_mask=mark_mask, zone=zone,
-                     status=status, status_mask=status_mask)  # fmt: skip
-        attributes, _ = flt.kernel_attributes(_flush_parts(kernel_release()))
-        wanted, _ = flt.kernel_attributes(KernelFilter.all())
-        if attributes != wanted:
-            self.delete_many(flt)
-            return
-        message = request(C.CT_DELETE, 0, family or 0, attributes, version=C.NFNETLINK_V1)
-        self._ack(message, "conntrack flush")
+        self._call(self._op_flush(family, mark, mark_mask, zone, status, status_mask))
 
     def count(self) -> int:
         """The number of flows in the table (CT_GET_STATS)."""
@@ -536,27 +712,17 @@ class Conntrack:
 
     def stats(self) -> GlobalStats:
         """Flows in the table and the table's maximum (``nf_conntrack_max``)."""
-        reply: Message = self._get(request(C.CT_GET_STATS, 0, 0), "conntrack stats")
-        return decode_global_stats(reply)
+        return self._call(self._op_stats())
 
     def stats_per_cpu(self) -> list[CPUStats]:
         """Per-CPU counters (found, invalid, insert, drop, early_drop, ...)."""
-        return self._cpu_stats(C.CT_GET_STATS_CPU, C.STATS_CPU_NAMES)
-
-    def _cpu_stats(self, mtype: int, names: dict[int, str]) -> list[CPUStats]:
-        message = request(mtype, 0, 0)
-        return [
-            decode_cpu_stats(other, names)
-            for _items, others in self._dump(message, "conntrack statistics")
-            for other in others
-        ]
+        return self._call(self._op_cpu_stats(C.CT_GET_STATS_CPU, C.STATS_CPU_NAMES))
 
     # -- expectations ------------------------------------------------------------------------
 
     def expectations(self, family: int = 0) -> Iterator[Expectation]:
         """Stream the expectation table (of one family, 0: all)."""
-        for items, _others in self._dump(request(C.EXP_GET, 0, family), "expectation dump"):
-            yield from items
+        return self._stream(self._op_expectations(family))
 
     def get_expectation(self, key: Expectation | Tuple, zone: int | None = None) -> Expectation:
         """The expectation with this (expected) tuple.
@@ -564,12 +730,7 @@ class Conntrack:
         Raises:
             NetlinkNotFound: no such expectation.
         """
-        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
-        message = request(C.EXP_GET, 0, family, expectation_key(key, zone))
-        expectation: Expectation = self._get(
-            message, "expectation get", {errno.ENOENT: "no such expectation"}
-        )
-        return expectation
+        return self._call(self._op_get_expectation(key, zone))
 
     def create_expectation(self, expectation: Expectation) -> None:
         """Create an expectation: master tuple, expected tuple and mask are needed.
@@ -581,20 +742,7 @@ class Conntrack:
             NetlinkNotFound: no master flow with that tuple.
             NetlinkNotSupported: the master has no helper, or the helper is unknown.
         """
-        family = _expectation_family(expectation)
-        message = request(C.EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, family,
-                          encode_expectation(expectation))  # fmt: skip
-        hints = {
-            errno.ENOENT: "master flow not found",
-            errno.EOPNOTSUPP: "the master flow needs a helper (and the helper must exist)",
-        }
-        for attempt in range(2):
-            try:
-                self._ack(message, "expectation create", hints)
-                return
-            except NetlinkError as exc:
-                if exc.errno != errno.EAGAIN or attempt:
-                    raise
+        self._call(self._op_create_expectation(expectation))
 
     def delete_expectation(self, key: Expectation | Tuple) -> None:
         """Delete one expectation by its tuple (and id when known).
@@ -602,17 +750,15 @@ class Conntrack:
         Raises:
             NetlinkNotFound: no such expectation.
         """
-        family = key.family if isinstance(key, Tuple) else _expectation_family(key)
-        message = request(C.EXP_DELETE, 0, family, expectation_key(key))
-        self._ack(message, "expectation delete", {errno.ENOENT: "no such expectation"})
+        self._call(self._op_delete_expectation(key))
 
     def flush_expectations(self) -> None:
         """Delete every expectation."""
-        self._ack(request(C.EXP_DELETE, 0, 0), "expectation flush")
+        self._call(self._op_flush_expectations())
 
     def expectation_stats_per_cpu(self) -> list[CPUStats]:
         """Per-CPU expectation counters (expect_new, expect_create, expect_delete)."""
-        return self._cpu_stats(C.EXP_GET_STATS_CPU, C.STATS_EXP_NAMES)
+        return self._call(self._op_cpu_stats(C.EXP_GET_STATS_CPU, C.STATS_EXP_NAMES))
 
 
 _DUMP_HINTS = {errno.EINVAL: "is nf_conntrack_netlink available?"}
