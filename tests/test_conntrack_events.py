@@ -29,7 +29,9 @@ from nfkit.conntrack import (
     Status,
     TCPInfo,
     TCPState,
+    Tuple,
 )
+from nfkit.conntrack.client import Conntrack
 from nfkit.conntrack.events import (
     ALL_EVENTS,
     NO_EVENTS,
@@ -389,3 +391,20 @@ def test_joining_groups_needs_cap_net_admin(lab: Lab) -> None:
     )
     out = lab.run(lab.b, sys.executable, "-c", code).stdout
     assert "join conntrack event group 1" in out and "CAP_NET_ADMIN" in out
+
+
+@pytest.mark.lab
+def test_events_of_our_own_requests_carry_our_portid(lab: Lab) -> None:
+    orig = Tuple(socket.AF_INET, "198.51.100.9", "192.0.2.9", socket.IPPROTO_UDP, 4000, 53)
+    with lab.entered(lab.b), Conntrack() as ct, EventListener() as events:
+        ct.create(Flow(orig, timeout=60, mark=5))
+        ct.update(Flow(orig, mark=6))
+        ct.delete(orig)
+        received = only_events(collect(events, 3))
+        assert ct.portid not in (0, events.portid)
+        assert [(e.type, e.portid) for e in received] == [
+            (EventType.NEW, ct.portid),
+            (EventType.UPDATE, ct.portid),
+            (EventType.DESTROY, ct.portid),
+        ]
+    assert [f.mark for f in flows(received)] == [5, 6, 6]
