@@ -21,6 +21,10 @@ import contextlib
 import errno
 import itertools
 import os
+import queue
+import select
+import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -100,24 +104,119 @@ def kernel_error(
     return NetlinkError.from_errno(code, operation, message)
 
 
+class _Prefetch:
+    """Reads a channel's datagrams in a thread, ahead of their consumer.
+
+    The kernel builds each datagram of a dump inside the ``recvmsg`` that
+    follows the previous one. Reading ahead in a thread (``recv`` releases the
+    GIL) lets the kernel build the next datagrams while Python decodes this
+    one: a dump then costs about max(kernel, decoding) instead of their sum.
+    At most ``depth`` datagrams wait in the queue.
+    """
+
+    def __init__(self, transport: Transport, depth: int = 64) -> None:
+        self.transport = transport
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="nfkit-ct-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fds = [self.transport.fileno(), self._wake_r]
+        try:
+            while True:
+                ready, _, _ = select.select(fds, [], [])
+                if self._wake_r in ready:
+                    return
+                try:
+                    data = self.transport.recv()
+                except BlockingIOError:
+                    continue
+                self._put(data)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stopping:
+            try:
+                self.queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> bytes:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> list[bytes | BaseException]:
+        """End the thread; return what it read and nobody took yet, in order."""
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        leftovers = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                leftovers.append(self.queue.get_nowait())
+        return leftovers
+
+
 class Exchange:
-    """One channel: a transport and its sequence numbers, spoken request by request."""
+    """One channel: a transport and its sequence numbers, spoken request by request.
+
+    Read it with :meth:`recv`, which honours a running :meth:`prefetch`.
+    """
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._seq = itertools.count(1)
+        #: Whether the last request sent was a dump (worth reading ahead).
+        self.dumping = False
+        self._prefetch: _Prefetch | None = None
+        self._pending: deque[bytes | BaseException] = deque()
 
     def send(self, messages: Iterable[Message]) -> int:
         """Send ``messages`` in one datagram with fresh sequence numbers; return the last."""
         seq = 0
         chunks = []
+        dumping = False
         for message in messages:
             seq = next(self._seq) & 0xFFFFFFFF or next(self._seq)
             message.seq = seq
             message.flags |= NLM_F_REQUEST
+            dumping |= message.flags & NLM_F_DUMP == NLM_F_DUMP
             chunks.append(message.encode())
         self.transport.send(b"".join(chunks))
+        self.dumping = dumping
         return seq
+
+    def recv(self) -> bytes:
+        """The next datagram of this channel (blocking)."""
+        if self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        if self._prefetch is not None:
+            return self._prefetch.get()
+        return self.transport.recv()
+
+    def prefetch(self) -> bool:
+        """Start reading ahead in a thread (see :class:`_Prefetch`); False if it already is."""
+        if self._prefetch is not None:
+            return False
+        self._prefetch = _Prefetch(self.transport)
+        return True
+
+    def stop_prefetch(self) -> None:
+        """Stop reading ahead; datagrams read already stay first in line for :meth:`recv`."""
+        if self._prefetch is not None:
+            self._pending.extend(self._prefetch.stop())
+            self._prefetch = None
 
     def errors_until(self, last: int) -> Call[list[tuple[int, int, str]]]:
         """The ``(seq, errno, text)`` of failed requests, read until ``last`` is answered.
@@ -140,6 +239,7 @@ class Exchange:
                     return errors
 
     def close(self) -> None:
+        self.stop_prefetch()
         self.transport.close()
 
 
@@ -184,6 +284,50 @@ def _seq_of(data: bytes) -> int:
     return NLMSGHDR.unpack_from(data)[3] if len(data) >= NLMSGHDR.size else 0
 
 
+class _Namespace:
+    """The network namespace a client was made in; its later channels open there too.
+
+    A socket belongs to the namespace of the thread that created it. Without
+    this, a channel opened after the caller left the namespace (``with
+    lab.entered(ns): ct = Conntrack()``) would talk to another table.
+    """
+
+    PATH = "/proc/thread-self/ns/net"
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = None  # no /proc: every channel opens where the caller is
+            return
+        self.identity = _identity(os.fstat(self.fd))
+
+    def run(self, make: Callable[[], Transport]) -> Transport:
+        """``make()`` inside the namespace."""
+        if self.fd is None or _identity(os.stat(self.PATH)) == self.identity:
+            return make()
+        from nfkit.lab.netns import setns  # ctypes; only needed when threads moved
+
+        back = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(self.fd)
+            try:
+                return make()
+            finally:
+                setns(back)
+        finally:
+            os.close(back)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
 class ClientCore:
     """What :class:`Conntrack` and the asyncio client share: channels, decoder
     and every operation, written as :data:`Call`/:data:`Stream` generators.
@@ -205,6 +349,7 @@ class ClientCore:
         compiled: bool = True,
     ) -> None:
         self._factory: Callable[[], Transport] = transport_factory or open_socket
+        self._namespace = _Namespace()
         self.kernel_filters = kernel_filters
         #: Filter parts the kernel refused, with its error (for diagnostics).
         self.refused: dict[KernelFilter, NetlinkError] = {}
@@ -217,7 +362,9 @@ class ClientCore:
     def _acquire(self) -> Exchange:
         if self._closed:
             raise ValueError("this Conntrack is closed")
-        return self._idle.pop() if self._idle else Exchange(self._factory())
+        if self._idle:
+            return self._idle.pop()
+        return Exchange(self._namespace.run(self._factory))
 
     def _release(self, channel: Exchange) -> None:
         if self._closed or len(self._idle) >= 2:
@@ -231,6 +378,7 @@ class ClientCore:
         for channel in self._idle:
             channel.close()
         self._idle.clear()
+        self._namespace.close()
 
     @property
     def portid(self) -> int:
@@ -560,8 +708,17 @@ class Conntrack(ClientCore):
     """A client of the kernel's connection tracking table (ctnetlink).
 
     Use it as a context manager; it needs CAP_NET_ADMIN in the network
-    namespace it was created in. Parameters: see :class:`ClientCore`.
+    namespace it was created in.
+
+    Parameters:
+        prefetch: read dumps ahead in a thread, so that the kernel builds
+            the next datagrams while this one is decoded (see :class:`_Prefetch`).
+        others: see :class:`ClientCore`.
     """
+
+    def __init__(self, *, prefetch: bool = True, **others: Any) -> None:
+        super().__init__(**others)
+        self.prefetch = prefetch
 
     def __enter__(self) -> Conntrack:
         return self
@@ -571,30 +728,43 @@ class Conntrack(ClientCore):
 
     # -- running the shared operations with blocking reads ----------------------------------
 
-    @staticmethod
-    def _call(call: Call[T]) -> T:
-        with contextlib.closing(call):
-            try:
-                channel = next(call)
-                while True:
-                    channel = call.send(channel.transport.recv())
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+    def _read(self, channel: Exchange, prefetching: list[Exchange]) -> bytes:
+        if self.prefetch and channel.dumping and channel.prefetch():
+            prefetching.append(channel)
+        return channel.recv()
 
-    @staticmethod
-    def _stream(stream: Stream[T]) -> Iterator[T]:
-        with contextlib.closing(stream):
-            try:
-                step = next(stream)
-                while True:
-                    if isinstance(step, Exchange):
-                        step = stream.send(step.transport.recv())
-                    else:
-                        yield from step
-                        step = stream.send(b"")
-            except StopIteration:
-                return
+    def _call(self, call: Call[T]) -> T:
+        prefetching: list[Exchange] = []
+        try:
+            with contextlib.closing(call):
+                try:
+                    channel = next(call)
+                    while True:
+                        channel = call.send(self._read(channel, prefetching))
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+        finally:
+            for channel in prefetching:
+                channel.stop_prefetch()
+
+    def _stream(self, stream: Stream[T]) -> Iterator[T]:
+        prefetching: list[Exchange] = []
+        try:
+            with contextlib.closing(stream):
+                try:
+                    step = next(stream)
+                    while True:
+                        if isinstance(step, Exchange):
+                            step = stream.send(self._read(step, prefetching))
+                        else:
+                            yield from step
+                            step = stream.send(b"")
+                except StopIteration:
+                    return
+        finally:
+            for channel in prefetching:
+                channel.stop_prefetch()
 
     # -- flows ----------------------------------------------------------------------------
 

@@ -622,16 +622,14 @@ class Decoder:
         total = len(data)
         while offset < total:
             entry = parsers.get(data[offset : offset + 8])
-            if entry is not None and offset + entry[0] <= total:
-                for parse in entry[1]:
+            if entry is not None:
+                length, step, parse = entry
+                if offset + length <= total:
                     item = parse(data, offset)
                     if item is not None:
                         append(item)
-                        offset += (entry[0] + 3) & ~3
-                        break
-                else:
-                    offset = self._slow(data, offset, total, append, others)
-                continue
+                        offset += step
+                        continue
             offset = self._slow(data, offset, total, append, others)
         return items, others
 

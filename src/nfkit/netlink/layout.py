@@ -134,8 +134,8 @@ class Layout:
         mask, fixed: a message ``m`` has this layout when
             ``int.from_bytes(m[:length], "little") & mask == fixed``.
         format: ``struct`` format that reads every value from the message start.
-        fields: path -> one expression per value (``"raw[3]"``), for
-            :data:`BYTES` leaves the ``bytes`` object.
+        fields: path -> the names of its values in the parser (``"v3"``); a
+            :data:`BYTES` leaf has one, its payload.
         nests: paths of the nests present.
     """
 
@@ -222,7 +222,7 @@ def _analyse(
             codes.append(code)
             state[0] = pos - base + size
             state[1] = index + count
-            layout.fields[_join(prefix, node.name)] = [f"raw[{index + k}]" for k in range(count)]
+            layout.fields[_join(prefix, node.name)] = [f"v{index + k}" for k in range(count)]
         start += (length + 3) & ~3
 
 
@@ -234,19 +234,22 @@ def compile_parser(
 ) -> Callable[[bytes, int], Any]:
     """Compile ``parse(data, offset)`` for messages of ``layout``.
 
-    The function returns None for a message of another layout; else it binds
-    ``raw`` to the unpacked values and runs ``body`` (lines of code indented
-    by four spaces, using the expressions of ``layout.fields`` and the names
-    of ``namespace``), which must ``return`` the result. The caller checks
-    that ``offset + layout.length`` is within ``data``.
+    The function returns None for a message of another layout; else it
+    unpacks the values into the local names of ``layout.fields`` (one
+    ``struct`` call; locals are faster to read than tuple items) and runs
+    ``body`` (lines of code indented by four spaces, using those names and
+    ``namespace``), which must ``return`` the result. The caller checks that
+    ``offset + layout.length`` is within ``data``.
     """
     lines = [
         "def parse(data, offset):",
         f"    if from_bytes(data[offset:offset + {layout.length}], 'little') & MASK != FIXED:",
         "        return None",
     ]
-    if layout.fields:
-        lines.append("    raw = unpack_from(data, offset)")
+    names = [name for values in layout.fields.values() for name in values]
+    if names:
+        names.sort(key=lambda name: int(name[1:]))
+        lines.append(f"    {', '.join(names)}, = unpack_from(data, offset)")
     lines += body
     scope = dict(namespace)
     scope.update(
@@ -267,12 +270,14 @@ Parser = Callable[[bytes, int], Any]
 class LayoutCache:
     """The compiled parsers met in a stream of messages, by the first ``key_size`` bytes.
 
-    With the default key (nlmsg length, type and flags) every parser under
-    one key has the same message length. Lookups are plain dict reads::
+    With the default key (nlmsg length, type and flags) every layout under
+    one key has the same message length. A lookup is a plain dict read::
 
         entry = cache.parsers.get(data[offset:offset + 8])
         if entry is not None:
-            length, parsers = entry
+            length, step, parse = entry  # step: the length aligned to 4
+
+    ``parse`` tries every layout of the key.
 
     Parameters:
         limit: layouts compiled at most (a stream of odd messages must not
@@ -284,8 +289,9 @@ class LayoutCache:
         self.key_size = key_size
         self.limit = limit
         self.max_failures = failures
-        self.parsers: dict[bytes, tuple[int, list[Parser]]] = {}
+        self.parsers: dict[bytes, tuple[int, int, Parser]] = {}
         self.count = 0
+        self._layouts: dict[bytes, list[Parser]] = {}
         self._failures: dict[bytes, int] = {}
 
     def wants(self, key: bytes) -> bool:
@@ -297,6 +303,24 @@ class LayoutCache:
         if parser is None:
             self._failures[key] = self._failures.get(key, 0) + 1
             return
-        entry = self.parsers.setdefault(key, (length, []))
-        entry[1].append(parser)
+        layouts = self._layouts.setdefault(key, [])
+        layouts.append(parser)
         self.count += 1
+        self.parsers[key] = (
+            length,
+            (length + 3) & ~3,
+            parser if len(layouts) == 1 else _first(layouts),
+        )
+
+
+def _first(parsers: Sequence[Parser]) -> Parser:
+    """A parser trying ``parsers`` in turn (layouts sharing a key)."""
+
+    def parse(data: bytes, offset: int) -> Any:
+        for parser in parsers:
+            item = parser(data, offset)
+            if item is not None:
+                return item
+        return None
+
+    return parse
