@@ -32,5 +32,9 @@ demo: $(VENV)/.installed
 bench: deps
 	$(BIN)/python bench/nflog_bench.py
 
+.PHONY: bench-conntrack
+bench-conntrack: deps
+	$(BIN)/python bench/conntrack_bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
