@@ -20,12 +20,14 @@ Two kernel behaviours surprise most users:
 
 from __future__ import annotations
 
+import errno
 import select
 import time
 from collections.abc import Iterator
 from types import TracebackType
 
 from nfkit.conntrack import const as C
+from nfkit.conntrack.client import kernel_error
 from nfkit.conntrack.codec import Decoder
 from nfkit.conntrack.filters import Filter
 from nfkit.conntrack.model import Event, EventType, Overrun
@@ -117,12 +119,15 @@ class EventListener:
             ``net.core.rmem_max``, without CAP_NET_ADMIN); the kernel
             reports twice the value. 0 keeps ``net.core.rmem_default``.
         reliable: ask the kernel to redeliver instead of dropping
-            (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS, Linux 2.6.31+):
-            flow events the socket had no room for are re-sent with the
-            flow's next event, and destroyed flows wait on the dying list
-            until their DESTROY event got through. No :class:`Overrun` is
-            ever reported then, but a slow reader delays the freeing of
-            conntrack entries, and expectation events are never redelivered.
+            (NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS, Linux 2.6.31+).
+            A destroyed flow whose DESTROY event found the buffer full
+            waits on the dying list (``Conntrack.dump(table="dying")``)
+            and is sent again until it gets through; a NEW or UPDATE that
+            found it full is folded into the flow's next event (a NEW may
+            thus only arrive merged into a later one: size the buffer for
+            bursts all the same). No :class:`Overrun` is reported, but a
+            slow reader delays the freeing of conntrack entries, and
+            expectation events are never redelivered.
         filter: a client-side filter; flow events whose flow it does not
             match are dropped (expectation events always pass).
         batch: datagrams :meth:`receive` takes at most in one call.
@@ -131,8 +136,8 @@ class EventListener:
         NetlinkPermissionError: CAP_NET_ADMIN is missing in this namespace.
         ValueError: no event type was asked for.
 
-    Create the listener *before* the flows it should see (see the module
-    documentation on ``nf_conntrack_events``)::
+    Create the listener *before* the flows it should see, and expect the
+    DESTROY events of timed-out flows late (see the module documentation)::
 
         with EventListener(EventType.NEW | EventType.DESTROY) as listener:
             for event in listener:
@@ -178,11 +183,8 @@ class EventListener:
         try:
             self.sock.join_group(group)
         except OSError as exc:
-            raise NetlinkError.from_errno(
-                exc.errno or 0,
-                f"join conntrack event group {group}",
-                "needs CAP_NET_ADMIN in this network namespace" if exc.errno == 1 else "",
-            ) from None
+            operation = f"join conntrack event group {group}"
+            raise kernel_error(exc.errno or errno.EIO, operation) from None
 
     @property
     def portid(self) -> int:
@@ -199,7 +201,7 @@ class EventListener:
         return self.sock.set_receive_buffer(size)
 
     def receive(self, timeout: float | None = None) -> list[Event | Overrun]:
-        """The events of every datagram already queued (at least one).
+        """The events of every datagram already queued, waiting for the first.
 
         ctnetlink sends each event in a datagram of its own, so a burst of
         events arrives as many datagrams; taking up to ``batch`` of them per
