@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import resource
 import shlex
@@ -39,7 +40,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]  # nfkit, and the shared helpers
@@ -58,17 +58,23 @@ MARKERS = ("<!-- conntrack_bench results: begin -->", "<!-- conntrack_bench resu
 DELETED_SOURCE = "203.0.113.7"
 EVENT_GROUPS = (1, 2, 3)  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 IPCTNL_MSG_CT_DELETE = nfnl_type(1, 2)  # also the type of DESTROY events
-# Targets (issue 3): nfkit's time over conntrack-tools' time.
-TARGETS = {"list": 1.5, "iterate": 1.0, "delete": 1.0}
+# Targets (issue 3): nfkit's wall time over conntrack-tools', and µs per event.
+LIST_TARGET, ITERATE_TARGET, DELETE_TARGET = 1.5, 1.0, 1.0
 EVENT_TARGET_US = 10.0
 
 
 @dataclass
 class Measure:
-    """Repeated timings of one contender on one task (seconds)."""
+    """Repeated timings of one contender on one task (seconds).
+
+    ``baseline`` is conntrack-tools' measure of the same task, which ratios
+    divide by; ``target`` the ratio nfkit must not exceed.
+    """
 
     task: str
     tool: str
+    baseline: Measure | None = None
+    target: float | None = None
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
     note: str = ""
@@ -128,12 +134,10 @@ def count(lab: Lab, ns: Node) -> int:
 # -- pyroute2 ----------------------------------------------------------------------------
 
 
-def load_pyroute2() -> tuple[ModuleType | None, str]:
-    """Import pyroute2, installing it with pip first when missing; (module, why not)."""
-    try:
-        return importlib.import_module("pyroute2"), ""
-    except ImportError:
-        pass
+def pyroute2_unavailable() -> str:
+    """Why pyroute2 cannot be used ("" when it can); pip installs it first when missing."""
+    if importlib.util.find_spec("pyroute2") is not None:
+        return ""
     print("installing pyroute2 (benchmark only) ...", file=sys.stderr)
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "pyroute2"],
@@ -143,10 +147,9 @@ def load_pyroute2() -> tuple[ModuleType | None, str]:
         check=False,
     )
     importlib.invalidate_caches()
-    try:
-        return importlib.import_module("pyroute2"), ""
-    except ImportError:
-        return None, f"pyroute2 could not be installed: {done.stderr.strip()[-200:]}"
+    if importlib.util.find_spec("pyroute2") is not None:
+        return ""
+    return f"pyroute2 could not be installed: {done.stderr.strip()[-200:]}"
 
 
 def pyroute2_entries() -> int:
@@ -221,8 +224,9 @@ def check_listings(lab: Lab, ns: Node, entries: int) -> str:
 
 
 def bench_listing(lab: Lab, ns: Node, entries: int, repeat: int) -> list[Measure]:
-    c = Measure("list", "`conntrack -L`")
-    nfkit = Measure("list", "`nfkit conntrack -L`")
+    task = f"list {entries:,} flows"
+    c = Measure(task, "`conntrack -L`")
+    nfkit = Measure(task, "`nfkit conntrack -L`", c, LIST_TARGET)
     contenders = [(c, (CONNTRACK, "-L")), (nfkit, (*NFKIT, "-L"))]
     for _ in range(repeat):
         for measure, argv in contenders:
@@ -232,13 +236,17 @@ def bench_listing(lab: Lab, ns: Node, entries: int, repeat: int) -> list[Measure
 
 
 def bench_iteration(
-    lab: Lab, ns: Node, entries: int, repeat: int, pyroute2_repeat: int, pyroute2_missing: str
+    lab: Lab, ns: Node, listing: Measure, repeat: int, pyroute2_repeat: int, pyroute2_missing: str
 ) -> list[Measure]:
+    """The library's dump and pyroute2's, against ``listing`` (``conntrack -L``)."""
+    entries = count(lab, ns)
+    task = f"iterate {entries:,} flows"
+
     def nfkit_dump() -> int:
         with Conntrack() as ct:
             return sum(1 for _ in ct.dump())
 
-    nfkit = Measure("iterate", "nfkit `sum(1 for _ in ct.dump())`")
+    nfkit = Measure(task, "nfkit `sum(1 for _ in ct.dump())`", listing, ITERATE_TARGET)
     for _ in range(repeat):
         nfkit.add(*time_call(lab, ns, nfkit_dump, entries))
     measures = [nfkit]
@@ -246,7 +254,7 @@ def bench_iteration(
         ("pyroute2 `Conntrack.dump_entries()`", pyroute2_entries),
         ("pyroute2 `NFCTSocket.dump()`", pyroute2_messages),
     ):
-        measure = Measure("iterate", name, note=pyroute2_missing)
+        measure = Measure(task, name, listing, note=pyroute2_missing)
         for _ in range(0 if pyroute2_missing else pyroute2_repeat):
             measure.add(*time_call(lab, ns, call, entries))
         measures.append(measure)
@@ -260,12 +268,14 @@ def bench_deletion(lab: Lab, ns: Node, entries: int, repeat: int) -> list[Measur
         with Conntrack() as ct:
             return ct.delete_many(Filter(src=DELETED_SOURCE))
 
+    task = f"delete {half:,} flows"
+    c = Measure(task, f"`conntrack -D -s {DELETED_SOURCE}`")
     contenders: list[tuple[Measure, Callable[[], tuple[float, float]]]] = [
-        (Measure("delete", f"`conntrack -D -s {DELETED_SOURCE}`"),
-         lambda: time_child(lab, ns, (CONNTRACK, "-D", "-s", DELETED_SOURCE))),
-        (Measure("delete", f"`nfkit conntrack -D -s {DELETED_SOURCE}`"),
+        (c, lambda: time_child(lab, ns, (CONNTRACK, "-D", "-s", DELETED_SOURCE))),
+        (Measure(task, f"`nfkit conntrack -D -s {DELETED_SOURCE}`", c, DELETE_TARGET),
          lambda: time_child(lab, ns, (*NFKIT, "-D", "-s", DELETED_SOURCE))),
-        (Measure("delete", f"nfkit `ct.delete_many(Filter(src={DELETED_SOURCE!r}))`"),
+        (Measure(task, f"nfkit `ct.delete_many(Filter(src={DELETED_SOURCE!r}))`", c,
+                 DELETE_TARGET),
          lambda: time_call(lab, ns, nfkit_delete_many, half)),
     ]  # fmt: skip
     for run in range(repeat):
@@ -333,8 +343,9 @@ def bench_decoding(
     if not pyroute2_missing:
         decoders["pyroute2 `nfct_msg` decode"] = lambda: pyroute2_decode(datagrams)
     measures = []
+    task = f"decode {events:,} events"
     for name, decode in decoders.items():
-        measure = Measure("decode", name)
+        measure = Measure(task, name)
         for _ in range(repeat):
             started, cpu_started = time.perf_counter(), time.process_time()
             got = decode()
@@ -343,7 +354,7 @@ def bench_decoding(
                 raise RuntimeError(f"{name} decoded {got} events, expected {events}")
         measures.append(measure)
     if pyroute2_missing:
-        measures.append(Measure("decode", "pyroute2", note=pyroute2_missing))
+        measures.append(Measure(task, "pyroute2", note=pyroute2_missing))
     return measures
 
 
@@ -354,56 +365,44 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b and a == a else "-"
 
 
-def table(measures: list[Measure], entries: int, events: int, repeat: int) -> str:
-    reference = next(m for m in measures if m.tool == "`conntrack -L`")
-    head = ("| task | tool | runs | wall s (median) | CPU s (median) "
-            "| wall / `conntrack`'s | CPU / `conntrack`'s |")  # fmt: skip
+def table(timed: list[Measure], decoded: list[Measure], events: int) -> str:
+    """Command and library timings, then event decoding, as markdown tables."""
+    head = ("| task | tool | runs | wall s: median (range) | CPU s (median) | wall / conntrack's "
+            "| CPU / conntrack's |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for m in measures:
-        if m.task == "decode":
-            continue
-        base = reference if m.task in ("list", "iterate") else next(
-            x for x in measures if x.task == m.task and x.tool.startswith("`conntrack"))
-        what = {"list": f"list {entries:,} flows", "iterate": f"iterate {entries:,} flows",
-                "delete": f"delete {entries // 2:,} flows"}[m.task]  # fmt: skip
+    for m in timed:
+        base = m.baseline or m
         if not m.walls:
-            lines.append(f"| {what} | {m.tool} | 0 | - | - | - | - ({m.note}) |")
+            lines.append(f"| {m.task} | {m.tool} | 0 | - | - | - | - ({m.note}) |")
             continue
-        lines.append(f"| {what} | {m.tool} | {len(m.walls)} | {m.wall:.3f} | {m.cpu:.3f} "
-                     f"| {ratio(m.wall, base.wall)} | {ratio(m.cpu, base.cpu)} |")  # fmt: skip
-    lines += ["", "| decode events | decoder | runs | µs per event (median) | / nfkit's |",
+        spread = f" ({min(m.walls):.3f}-{max(m.walls):.3f})" if len(m.walls) > 1 else ""
+        lines.append(f"| {m.task} | {m.tool} | {len(m.walls)} | {m.wall:.3f}{spread} "
+                     f"| {m.cpu:.3f} | {ratio(m.wall, base.wall)} "
+                     f"| {ratio(m.cpu, base.cpu)} |")  # fmt: skip
+    lines += ["", "| task | decoder | runs | CPU µs per event (median) | / nfkit's |",
               "|---|---|---|---|---|"]  # fmt: skip
-    nfkit = next(m for m in measures if m.task == "decode")
-    for m in (m for m in measures if m.task == "decode"):
+    for m in decoded:
         if not m.walls:
-            lines.append(f"| {events:,} events | {m.tool} | 0 | - ({m.note}) | - |")
+            lines.append(f"| {m.task} | {m.tool} | 0 | - ({m.note}) | - |")
             continue
-        lines.append(f"| {events:,} events | {m.tool} | {len(m.walls)} "
-                     f"| {m.cpu * 1e6 / events:.2f} | {ratio(m.cpu, nfkit.cpu)} |")  # fmt: skip
+        lines.append(f"| {m.task} | {m.tool} | {len(m.walls)} | {m.cpu * 1e6 / events:.2f} "
+                     f"| {ratio(m.cpu, decoded[0].cpu)} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def verdicts(measures: list[Measure], events: int) -> list[str]:
-    def find(task: str, prefix: str) -> Measure:
-        return next(m for m in measures if m.task == task and m.tool.startswith(prefix))
-
-    c_list = find("list", "`conntrack")
-    checks = [
-        (find("list", "`nfkit"), c_list, "list"),
-        (find("iterate", "nfkit"), c_list, "iterate"),
-        (find("delete", "`nfkit"), find("delete", "`conntrack"), "delete"),
-        (find("delete", "nfkit"), find("delete", "`conntrack"), "delete"),
-    ]
+def verdicts(timed: list[Measure], decoded: list[Measure], events: int) -> list[str]:
+    """The targets, PASS or FAIL."""
     out = []
-    for m, base, task in checks:
-        r = m.wall / base.wall
-        out.append(f"{'PASS' if r <= TARGETS[task] else 'FAIL'}: {m.tool} wall time <= "
-                   f"{TARGETS[task]} x {base.tool}'s ({r:.2f} x: {m.wall:.3f} vs "
-                   f"{base.wall:.3f} s)")  # fmt: skip
-    decode = find("decode", "nfkit")
-    us = decode.cpu * 1e6 / events
-    out.append(f"{'PASS' if us < EVENT_TARGET_US else 'FAIL'}: nfkit decodes an event in "
-               f"< {EVENT_TARGET_US:g} µs ({us:.2f} µs)")  # fmt: skip
+    for m in timed:
+        if m.baseline is None or m.target is None:
+            continue
+        r = m.wall / m.baseline.wall
+        out.append(f"{'PASS' if r <= m.target else 'FAIL'}: {m.task}: {m.tool} wall time "
+                   f"<= {m.target} x {m.baseline.tool}'s ({r:.2f} x: {m.wall:.3f} vs "
+                   f"{m.baseline.wall:.3f} s)")  # fmt: skip
+    us = decoded[0].cpu * 1e6 / events
+    out.append(f"{'PASS' if us < EVENT_TARGET_US else 'FAIL'}: {decoded[0].tool} takes "
+               f"< {EVENT_TARGET_US:g} µs per event ({us:.2f} µs)")  # fmt: skip
     return out
 
 
@@ -444,7 +443,7 @@ def main() -> int:
     if reason:
         print(f"conntrack_bench: cannot run: {reason}", file=sys.stderr)
         return 2
-    pyroute2_missing = "left out (--no-pyroute2)" if args.no_pyroute2 else load_pyroute2()[1]
+    pyroute2_missing = "left out (--no-pyroute2)" if args.no_pyroute2 else pyroute2_unavailable()
     command = shlex.join(["python", "bench/conntrack_bench.py", *sys.argv[1:]])
     load = background_load(args.patience)
     started = time.monotonic()
@@ -459,13 +458,13 @@ def main() -> int:
             raise RuntimeError(f"the table has {count(lab, ns)} flows, not {args.entries}")
         sanity = check_listings(lab, ns, args.entries)
         print(sanity, file=sys.stderr)
-        measures = bench_listing(lab, ns, args.entries, args.repeat)
-        measures += bench_iteration(lab, ns, args.entries, args.repeat, args.pyroute2_repeat,
-                                    pyroute2_missing)  # fmt: skip
-        measures += bench_deletion(lab, ns, args.entries, args.repeat)
-    measures += bench_decoding(datagrams, events, args.repeat, pyroute2_missing)
-    for m in measures:
-        print(f"{m.task} {m.tool}: wall {m.walls} cpu {m.cpus} {m.note}", file=sys.stderr)
+        timed = bench_listing(lab, ns, args.entries, args.repeat)
+        timed += bench_iteration(lab, ns, timed[0], args.repeat, args.pyroute2_repeat,
+                                 pyroute2_missing)  # fmt: skip
+        timed += bench_deletion(lab, ns, args.entries, args.repeat)
+    decoded = bench_decoding(datagrams, events, args.repeat, pyroute2_missing)
+    for m in timed + decoded:
+        print(f"{m.task}, {m.tool}: wall {m.walls} CPU {m.cpus} {m.note}", file=sys.stderr)
     half = args.entries // 2
     section = (
         f"{environment(command)}"
@@ -478,8 +477,8 @@ def main() -> int:
         f"* listings: {sanity}\n"
         f"* events: {events:,} datagrams ({args.events:,} NEW, UPDATE and DESTROY each, "
         f"counters and timestamps on)\n\n"
-        f"{table(measures, args.entries, events, args.repeat)}\n\n"
-        + "".join(f"* {v}\n" for v in verdicts(measures, events))
+        f"{table(timed, decoded, events)}\n\n"
+        + "".join(f"* {v}\n" for v in verdicts(timed, decoded, events))
     )
     print(section)
     if not args.no_write:
