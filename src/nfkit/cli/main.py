@@ -12,8 +12,9 @@ USAGE = f"""nfkit {__version__} - the Netfilter userspace toolbox
 usage: nfkit <command> [options]
 
 commands:
-  demo     build a throwaway lab, log real traffic to SQLite and a text file, summarise
-  logd     the ulogd2-compatible logging daemon (nfkit logd -h)
+  conntrack  the conntrack-tools 1.4.7 command line (nfkit conntrack -h)
+  demo       build a throwaway lab, log real traffic to SQLite and a text file, summarise
+  logd       the ulogd2-compatible logging daemon (nfkit logd -h)
 
 nfkit <command> -h shows the options of a command.
 """
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nfkit {__version__}")
         return 0
     command, rest = args[0], args[1:]
+    if command == "conntrack":
+        from nfkit.cli.conntrack import main as conntrack_main
+
+        return conntrack_main(rest)
     if command == "logd":
         from nfkit.cli.logd import main as logd_main
 
