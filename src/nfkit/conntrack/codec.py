@@ -897,14 +897,19 @@ def _seqadj(nest_type: int, seq: SeqAdj) -> bytes:
 def creation_tuples(flow: Flow) -> tuple[Tuple, Tuple]:
     """Both tuples of a flow to create; a missing one is the other one inverted.
 
+    A directional zone stays with its direction (the kernel refuses a zone
+    in both tuples).
+
     Raises:
         EncodeError: the flow has no tuple at all.
     """
-    if flow.orig is None and flow.reply is None:
-        raise EncodeError("a flow needs its original or reply tuple")
-    orig = flow.orig if flow.orig is not None else flow.reply.inverted()  # type: ignore[union-attr]
-    reply = flow.reply if flow.reply is not None else orig.inverted()
-    return orig, reply
+    if flow.orig is not None and flow.reply is not None:
+        return flow.orig, flow.reply
+    if flow.orig is not None:
+        return flow.orig, dataclasses.replace(flow.orig.inverted(), zone=None)
+    if flow.reply is not None:
+        return dataclasses.replace(flow.reply.inverted(), zone=None), flow.reply
+    raise EncodeError("a flow needs its original or reply tuple")
 
 
 def encode_flow(flow: Flow, create: bool) -> bytes:

@@ -134,8 +134,10 @@ class Layout:
         mask, fixed: a message ``m`` has this layout when
             ``int.from_bytes(m[:length], "little") & mask == fixed``.
         format: ``struct`` format that reads every value from the message start.
+        count: how many values ``format`` reads (``v0`` ... in the parser).
         fields: path -> the names of its values in the parser (``"v3"``); a
-            :data:`BYTES` leaf has one, its payload.
+            :data:`BYTES` leaf has one, its payload. Of a repeated attribute
+            the last occurrence counts, as in :func:`walk`.
         nests: paths of the nests present.
     """
 
@@ -143,6 +145,7 @@ class Layout:
     mask: int
     fixed: int
     format: str
+    count: int = 0
     fields: dict[str, list[str]] = field(default_factory=dict)
     nests: set[str] = field(default_factory=set)
 
@@ -179,6 +182,7 @@ def analyse(
     except (DecodeError, struct.error):
         return None
     layout.format = "!" + "".join(codes)
+    layout.count = state[1]
     layout.mask = int.from_bytes(mask, "little")
     layout.fixed = int.from_bytes(data[start:end], "little") & layout.mask
     return layout
@@ -246,10 +250,9 @@ def compile_parser(
         f"    if from_bytes(data[offset:offset + {layout.length}], 'little') & MASK != FIXED:",
         "        return None",
     ]
-    names = [name for values in layout.fields.values() for name in values]
-    if names:
-        names.sort(key=lambda name: int(name[1:]))
-        lines.append(f"    {', '.join(names)}, = unpack_from(data, offset)")
+    if layout.count:
+        names = ", ".join(f"v{index}" for index in range(layout.count))
+        lines.append(f"    {names}, = unpack_from(data, offset)")
     lines += body
     scope = dict(namespace)
     scope.update(
