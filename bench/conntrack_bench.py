@@ -407,9 +407,14 @@ def verdicts(timed: list[Measure], decoded: list[Measure], events: int) -> list[
 
 
 def nfkit_commit() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    return done.stdout.strip() or "unknown"
+    """The commit the measured code is at, and whether src/ has changes on top."""
+
+    def git(*args: str) -> str:
+        argv = ["git", "-C", str(ROOT), *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+
+    dirty = " with uncommitted changes in src/" if git("status", "--porcelain", "src") else ""
+    return f"{git('rev-parse', '--short', 'HEAD') or 'unknown'}{dirty}"
 
 
 def write_report(path: Path, section: str) -> None:
