@@ -61,6 +61,13 @@ IPCTNL_MSG_CT_DELETE = nfnl_type(1, 2)  # also the type of DESTROY events
 # Targets (issue 3): nfkit's wall time over conntrack-tools', and µs per event.
 LIST_TARGET, ITERATE_TARGET, DELETE_TARGET = 1.5, 1.0, 1.0
 EVENT_TARGET_US = 10.0
+# Before each run: wait up to RUN_PATIENCE s for the machine's CPU use by
+# others to drop under 10 %, sampling it over LOAD_SAMPLE s.
+RUN_PATIENCE, LOAD_SAMPLE = 3.0, 0.2
+
+
+#: One run: wall seconds, CPU seconds, the machine's CPU use (0-1) by others just before.
+Timing = tuple[float, float, float]
 
 
 @dataclass
@@ -77,6 +84,7 @@ class Measure:
     target: float | None = None
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # the machine's CPU use before each run
     note: str = ""
 
     @property
@@ -87,21 +95,29 @@ class Measure:
     def cpu(self) -> float:
         return statistics.median(self.cpus) if self.cpus else float("nan")
 
-    def add(self, wall: float, cpu: float) -> None:
+    def add(self, wall: float, cpu: float, load: float) -> None:
         self.walls.append(wall)
         self.cpus.append(cpu)
+        self.loads.append(load)
 
 
 # -- timing ----------------------------------------------------------------------------
 
 
-def time_child(lab: Lab, ns: Node, argv: Sequence[str]) -> tuple[float, float]:
-    """Run ``argv`` in ``ns``, output to /dev/null; its wall and CPU (user+sys) seconds.
+def quiet() -> float:
+    """Wait (a little) for other programs to leave the CPUs; their CPU use (0-1)."""
+    return background_load(RUN_PATIENCE, sample=LOAD_SAMPLE)
+
+
+def time_child(lab: Lab, ns: Node, argv: Sequence[str]) -> Timing:
+    """Run ``argv`` in ``ns``, output to /dev/null: wall and CPU (user+sys) seconds,
+    and the machine's load before.
 
     The child is started from a thread inside the namespace (no ``ip netns
     exec`` in the measured time); its CPU time includes the kernel's work
     for its netlink requests.
     """
+    load = quiet()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with lab.entered(ns):
         started = time.perf_counter()
@@ -113,18 +129,25 @@ def time_child(lab: Lab, ns: Node, argv: Sequence[str]) -> tuple[float, float]:
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.decode()}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, cpu
+    return wall, cpu, load
 
 
-def time_call(lab: Lab, ns: Node, call: Callable[[], int], expected: int) -> tuple[float, float]:
-    """Run ``call`` in this thread inside ``ns``; check it returns ``expected``."""
-    with lab.entered(ns):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        got = call()
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+def time_call(call: Callable[[], int], expected: int) -> Timing:
+    """Run ``call`` in this thread (CPU time: the whole process's), check it returns
+    ``expected``: wall and CPU seconds, and the machine's load before."""
+    load = quiet()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    got = call()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if got != expected:
         raise RuntimeError(f"{call} gave {got}, expected {expected}")
-    return wall, cpu
+    return wall, cpu, load
+
+
+def time_call_in(lab: Lab, ns: Node, call: Callable[[], int], expected: int) -> Timing:
+    """:func:`time_call` with this thread inside ``ns`` (so are the sockets it opens)."""
+    with lab.entered(ns):
+        return time_call(call, expected)
 
 
 def count(lab: Lab, ns: Node) -> int:
@@ -248,7 +271,7 @@ def bench_iteration(
 
     nfkit = Measure(task, "nfkit `sum(1 for _ in ct.dump())`", listing, ITERATE_TARGET)
     for _ in range(repeat):
-        nfkit.add(*time_call(lab, ns, nfkit_dump, entries))
+        nfkit.add(*time_call_in(lab, ns, nfkit_dump, entries))
     measures = [nfkit]
     for name, call in (
         ("pyroute2 `Conntrack.dump_entries()`", pyroute2_entries),
@@ -256,7 +279,7 @@ def bench_iteration(
     ):
         measure = Measure(task, name, listing, note=pyroute2_missing)
         for _ in range(0 if pyroute2_missing else pyroute2_repeat):
-            measure.add(*time_call(lab, ns, call, entries))
+            measure.add(*time_call_in(lab, ns, call, entries))
         measures.append(measure)
     return measures
 
@@ -270,13 +293,13 @@ def bench_deletion(lab: Lab, ns: Node, entries: int, repeat: int) -> list[Measur
 
     task = f"delete {half:,} flows"
     c = Measure(task, f"`conntrack -D -s {DELETED_SOURCE}`")
-    contenders: list[tuple[Measure, Callable[[], tuple[float, float]]]] = [
+    contenders: list[tuple[Measure, Callable[[], Timing]]] = [
         (c, lambda: time_child(lab, ns, (CONNTRACK, "-D", "-s", DELETED_SOURCE))),
         (Measure(task, f"`nfkit conntrack -D -s {DELETED_SOURCE}`", c, DELETE_TARGET),
          lambda: time_child(lab, ns, (*NFKIT, "-D", "-s", DELETED_SOURCE))),
         (Measure(task, f"nfkit `ct.delete_many(Filter(src={DELETED_SOURCE!r}))`", c,
                  DELETE_TARGET),
-         lambda: time_call(lab, ns, nfkit_delete_many, half)),
+         lambda: time_call_in(lab, ns, nfkit_delete_many, half)),
     ]  # fmt: skip
     for run in range(repeat):
         for i in range(len(contenders)):
@@ -347,11 +370,7 @@ def bench_decoding(
     for name, decode in decoders.items():
         measure = Measure(task, name)
         for _ in range(repeat):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            got = decode()
-            measure.add(time.perf_counter() - started, time.process_time() - cpu_started)
-            if got != events:
-                raise RuntimeError(f"{name} decoded {got} events, expected {events}")
+            measure.add(*time_call(decode, events))
         measures.append(measure)
     if pyroute2_missing:
         measures.append(Measure(task, "pyroute2", note=pyroute2_missing))
@@ -367,26 +386,38 @@ def ratio(a: float, b: float) -> str:
 
 def table(timed: list[Measure], decoded: list[Measure], events: int) -> str:
     """Command and library timings, then event decoding, as markdown tables."""
-    head = ("| task | tool | runs | wall s: median (range) | CPU s (median) | wall / conntrack's "
-            "| CPU / conntrack's |")  # fmt: skip
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def row(*cells: object) -> str:
+        return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+    def load(m: Measure) -> str:
+        return f"{100 * max(m.loads):.0f} %"
+
+    lines = [
+        row("task", "tool", "runs", "wall s: median (range)", "CPU s (median)",
+            "wall / conntrack's", "CPU / conntrack's", "others' CPU use before (max)"),
+        row(*["---"] * 8),
+    ]  # fmt: skip
     for m in timed:
         base = m.baseline or m
         if not m.walls:
-            lines.append(f"| {m.task} | {m.tool} | 0 | - | - | - | - ({m.note}) |")
+            lines.append(row(m.task, m.tool, 0, "-", "-", "-", "-", f"({m.note})"))
             continue
         spread = f" ({min(m.walls):.3f}-{max(m.walls):.3f})" if len(m.walls) > 1 else ""
-        lines.append(f"| {m.task} | {m.tool} | {len(m.walls)} | {m.wall:.3f}{spread} "
-                     f"| {m.cpu:.3f} | {ratio(m.wall, base.wall)} "
-                     f"| {ratio(m.cpu, base.cpu)} |")  # fmt: skip
-    lines += ["", "| task | decoder | runs | CPU µs per event (median) | / nfkit's |",
-              "|---|---|---|---|---|"]  # fmt: skip
+        lines.append(row(m.task, m.tool, len(m.walls), f"{m.wall:.3f}{spread}", f"{m.cpu:.3f}",
+                         ratio(m.wall, base.wall), ratio(m.cpu, base.cpu), load(m)))  # fmt: skip
+    lines += [
+        "",
+        row("task", "decoder", "runs", "CPU µs per event (median)", "/ nfkit's",
+            "others' CPU use before (max)"),
+        row(*["---"] * 6),
+    ]  # fmt: skip
     for m in decoded:
         if not m.walls:
-            lines.append(f"| {m.task} | {m.tool} | 0 | - ({m.note}) | - |")
+            lines.append(row(m.task, m.tool, 0, "-", "-", f"({m.note})"))
             continue
-        lines.append(f"| {m.task} | {m.tool} | {len(m.walls)} | {m.cpu * 1e6 / events:.2f} "
-                     f"| {ratio(m.cpu, decoded[0].cpu)} |")  # fmt: skip
+        lines.append(row(m.task, m.tool, len(m.walls), f"{m.cpu * 1e6 / events:.2f}",
+                         ratio(m.cpu, decoded[0].cpu), load(m)))  # fmt: skip
     return "\n".join(lines)
 
 
