@@ -63,7 +63,7 @@ LIST_TARGET, ITERATE_TARGET, DELETE_TARGET = 1.5, 1.0, 1.0
 EVENT_TARGET_US = 10.0
 # Before each run: wait up to RUN_PATIENCE s for the machine's CPU use by
 # others to drop under 10 %, sampling it over LOAD_SAMPLE s.
-RUN_PATIENCE, LOAD_SAMPLE = 3.0, 0.2
+RUN_PATIENCE, LOAD_SAMPLE = 1.5, 0.2
 
 
 #: One run: wall seconds, CPU seconds, the machine's CPU use (0-1) by others just before.
