@@ -806,11 +806,14 @@ def encode_tuple(tup: Tuple, nest_type: int) -> bytes:
     Raises:
         EncodeError: family, address or a number out of range.
     """
-    present = frozenset(name for name in _TUPLE_FIELDS if getattr(tup, name) is not None)
     icmpv6 = tup.proto == IPPROTO_ICMPV6
-    key = (nest_type, tup.family, present, icmpv6)
+    # Spelled out: this key is computed for every flow of a batched delete.
+    key = (nest_type, tup.family, icmpv6, tup.src is None, tup.dst is None, tup.proto is None,
+           tup.sport is None, tup.dport is None, tup.icmp_id is None, tup.icmp_type is None,
+           tup.icmp_code is None, tup.zone is None)  # fmt: skip
     encode = _TUPLE_ENCODERS.get(key)
     if encode is None:
+        present = frozenset(name for name in _TUPLE_FIELDS if getattr(tup, name) is not None)
         codes: list[str] = []
         args: list[str] = []
         for node in _tuple_tree(nest_type, tup.family, present, icmpv6):

@@ -137,25 +137,33 @@ def _in_network(text: str, network: ipaddress.IPv4Network | ipaddress.IPv6Networ
 class Filter:
     """Criteria a flow must all meet; a field left at None matches anything.
 
+    Each parameter says from which Linux version the kernel filters a dump
+    on it (CTA_FILTER: 5.8); the others are matched in Python only.
+
     Parameters:
-        family: AF_INET or AF_INET6 (0: both).
-        proto: L4 protocol number of the original tuple.
+        family: AF_INET or AF_INET6 (0: both). Kernel: always.
+        proto: L4 protocol number of the original tuple. Kernel: 5.8.
         src, dst: original source/destination address, or a network
-            (``"192.0.2.0/24"``).
-        sport, dport: original ports (also GRE keys).
-        icmp_type, icmp_code, icmp_id: ICMP or ICMPv6 fields of the original tuple.
-        orig_zone, reply_zone: directional zones.
+            (``"192.0.2.0/24"``). Kernel: 5.8, addresses without netmask.
+        sport, dport: original ports (also GRE keys). Kernel: 5.8, TCP and UDP.
+        icmp_type, icmp_code, icmp_id: ICMP or ICMPv6 fields of the original
+            tuple. Kernel: 5.8 (with ``proto`` 1 or 58).
+        orig_zone, reply_zone: directional zones. Python only.
         reply_src, reply_dst, reply_sport, reply_dport: the reply tuple.
-        mark, mark_mask: ``flow.mark & mark_mask == mark`` (mask default all ones).
+            Kernel: 5.8, as for the original tuple.
+        mark, mark_mask: ``flow.mark & mark_mask == mark`` (mask default all
+            ones). Kernel: 3.4.
         status, status_mask: ``flow.status & status_mask == status`` (mask
-            default ``status``: the bits given are set).
+            default ``status``: the bits given are set). Kernel: 5.15.
         zone: the flow's zone (either direction, as the kernel compares).
+            Kernel: 6.8 (older kernels ignore it).
         state: the TCP, SCTP or DCCP state (with ``proto`` to say which).
-        labels: label bit numbers that must all be set.
+            Python only.
+        labels: label bit numbers that must all be set. Python only.
         src_nat, dst_nat: ``True`` or a :class:`NatMatch`: the flow was
-            source/destination NATed (both given: both).
-        any_nat: source or destination NATed.
-        id: the conntrack id.
+            source/destination NATed (both given: both). Python only.
+        any_nat: source or destination NATed. Python only.
+        id: the conntrack id. Python only.
     """
 
     family: int = 0
