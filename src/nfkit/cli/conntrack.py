@@ -1557,24 +1557,31 @@ def network_checks(parsed: Parsed) -> list[Check]:
 
 
 def template_tuple(t: Template, reply: bool) -> Tuple | None:
-    """The original (or reply) tuple the command line gives, None without its addresses."""
+    """The original (or reply) tuple of a request, None without the direction's family.
+
+    As libnetfilter_conntrack builds it: fields not given are sent as zeros
+    (``0.0.0.0``, protocol 0, port 0, ICMP id 0).
+    """
     prefix = "reply" if reply else "orig"
     family = getattr(t, f"{prefix}_family")
-    src, dst = getattr(t, f"{prefix}_src"), getattr(t, f"{prefix}_dst")
-    if family is None or (src is None and dst is None):
+    if family is None:
         return None
-    proto = getattr(t, f"{prefix}_proto")
+    proto = getattr(t, f"{prefix}_proto") or 0
     icmp = proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
-    ports = not icmp and proto is not None
+    ports = proto in fmt.PORT_PROTOCOLS or proto == IPPROTO_GRE
+    unspecified = "0.0.0.0" if family == AF_INET else "::"
     return Tuple(
-        family, src, dst, proto,
-        getattr(t, f"{prefix}_sport") if ports else None,
-        getattr(t, f"{prefix}_dport") if ports else None,
-        t.icmp_type if icmp and not reply else None,
-        t.icmp_code if icmp else None,
-        t.icmp_id if icmp else None,
+        family,
+        getattr(t, f"{prefix}_src") or unspecified,
+        getattr(t, f"{prefix}_dst") or unspecified,
+        proto,
+        getattr(t, f"{prefix}_sport") or 0 if ports else None,
+        getattr(t, f"{prefix}_dport") or 0 if ports else None,
+        t.icmp_type or 0 if icmp else None,
+        t.icmp_code or 0 if icmp else None,
+        t.icmp_id or 0 if icmp else None,
         getattr(t, f"{prefix}_zone"),
-    )  # fmt: skip
+    )
 
 
 def _protoinfo(t: Template) -> TCPInfo | SCTPInfo | DCCPInfo | None:
@@ -1944,7 +1951,7 @@ class Runner:
         # Without a family the kernel needs one dump per family for tuple criteria,
         # which would change the order of the entries: leave them to Python then.
         if p.family and p.options & COMPARISON:
-            criteria.update(_exact_tuple_criteria(t))
+            criteria.update(_exact_tuple_criteria(t, addresses=p.family == AF_INET))
         return Filter(**criteria)  # type: ignore[arg-type]
 
     # -- flows --------------------------------------------------------------------------------
@@ -1977,8 +1984,8 @@ class Runner:
         except NetlinkError as exc:
             operation_failed(exc, Cmd.GET)
         match = flow_filter(self.parsed)
+        # conntrack opens an XML document here but never closes it
         self._write_flows([flow] if match is None or match(flow) else [], "dump")
-        self._close_xml()
 
     def delete_flows(self) -> None:
         p = self.parsed
@@ -2094,9 +2101,12 @@ class Runner:
         self._close_xml()
 
     def count_expectations(self) -> None:
+        total = 0
         try:
-            total = sum(1 for _ in self.client.expectations(self.parsed.family))
+            for _ in self.client.expectations(self.parsed.family):
+                total += 1
         except NetlinkError as exc:
+            self.out.write(f"{total}\n")  # conntrack prints its count before failing
             operation_failed(exc, Cmd.EXP_COUNT)
         self.out.write(f"{total}\n")
 
@@ -2112,9 +2122,8 @@ class Runner:
             exp = self.client.get_expectation(key)
         except NetlinkError as exc:
             operation_failed(exc, Cmd.EXP_GET)
-        self.out.write(self.expectation_printer()(exp, None) + "\n")
+        self.out.write(self.expectation_printer()(exp, None) + "\n")  # XML left open, as -G
         self.count += 1
-        self._close_xml()
 
     def delete_expectation(self) -> None:
         key = self._expectation_key()
@@ -2161,10 +2170,12 @@ class Runner:
                         expectations=NO_EVENTS if flows else mask,
                         receive_buffer=p.buffer_size if p.options & Opt.BUFFERSIZE else 0,
                     )
-                except NetlinkError as exc:
-                    operation_failed(exc, p.command)
-                except OSError:
-                    other_problem("Can't open netlink socket")
+                except OSError as exc:
+                    # what conntrack says when joining the groups fails
+                    if flows:
+                        self.err.write(f"mnl_socket_bind: {os.strerror(exc.errno or 0)}\n")
+                        other_problem("Can't open netlink socket")
+                    other_problem("Can't open handler")
                 if p.options & Opt.BUFFERSIZE:
                     self.err.write("NOTICE: Netlink socket buffer size has been set to "
                                    f"{listener.receive_buffer} bytes.\n")  # fmt: skip
@@ -2249,8 +2260,12 @@ class Runner:
             self.out.write(f"Proto `{name}' help:\n{p.protocol.help}")
 
 
-def _exact_tuple_criteria(t: Template) -> dict[str, object]:
-    """Tuple fields conntrack compares for equality, as Filter criteria."""
+def _exact_tuple_criteria(t: Template, addresses: bool) -> dict[str, object]:
+    """Tuple fields conntrack compares for equality, as Filter criteria.
+
+    ``addresses``: include the addresses (a kernel filter on IPv6 addresses
+    returns no entries at all on Linux 6.18, so they are matched in Python).
+    """
     criteria: dict[str, object] = {}
     proto = t.orig_proto
     if proto is not None:
@@ -2259,7 +2274,9 @@ def _exact_tuple_criteria(t: Template) -> dict[str, object]:
             criteria.update(sport=t.orig_sport, dport=t.orig_dport)
         elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             criteria.update(icmp_type=t.icmp_type, icmp_code=t.icmp_code, icmp_id=t.icmp_id)
-    criteria.update(src=t.orig_src, dst=t.orig_dst, reply_src=t.reply_src, reply_dst=t.reply_dst)
+    if addresses:
+        criteria.update(src=t.orig_src, dst=t.orig_dst, reply_src=t.reply_src,
+                        reply_dst=t.reply_dst)  # fmt: skip
     if t.reply_proto in fmt.PORT_PROTOCOLS:
         criteria.update(reply_sport=t.reply_sport, reply_dport=t.reply_dport)
     return {name: value for name, value in criteria.items() if value is not None}
