@@ -210,6 +210,16 @@ def test_python_filtering_alone_gives_the_same_flows() -> None:
     assert C.CTA_MARK not in attributes(kernel.requests[0])
 
 
+def test_a_dump_failing_half_way_raises() -> None:
+    kernel = FakeKernel()
+    kernel.replies[C.CT_GET] = [
+        entry(flow_v4(1)),
+        Message(3, NLM_F_MULTI, payload=b"\xf4\xff\xff\xff"),
+    ]
+    with kernel.client() as ct, pytest.raises(OSError, match="Cannot allocate memory"):
+        list(ct.dump())  # DONE carrying -ENOMEM
+
+
 def test_get_has_no_ack_and_not_found_is_typed() -> None:
     kernel = FakeKernel()
     kernel.replies[C.CT_GET] = [entry(flow_v4(7))]

@@ -23,6 +23,7 @@ import itertools
 import os
 import queue
 import select
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -66,6 +67,8 @@ DEFAULT_RECV_SIZE = 1 << 20
 DEFAULT_RECEIVE_BUFFER = 4 << 20
 #: Size of one datagram of batched requests (delete_many).
 BATCH_BYTES = 64 << 10
+
+_DONE_ERRNO = struct.Struct("=i")
 
 TABLES = {"conntrack": C.CT_GET, "dying": C.CT_GET_DYING, "unconfirmed": C.CT_GET_UNCONFIRMED}
 
@@ -474,6 +477,11 @@ class ClientCore:
                 for other in others:
                     if other.type == NLMSG_DONE:
                         finished = True
+                        # A dump that fails half-way ends with the errno in its DONE.
+                        payload = other.payload
+                        code = _DONE_ERRNO.unpack_from(payload)[0] if len(payload) >= 4 else 0
+                        if code < 0:
+                            raise kernel_error(-code, operation, "", hints)
                     elif other.type == NLMSG_ERROR:
                         reply = parse_error(other.payload, other.flags)
                         finished = True
