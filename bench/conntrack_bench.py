@@ -480,7 +480,13 @@ def main() -> int:
         print(f"conntrack_bench: cannot run: {reason}", file=sys.stderr)
         return 2
     pyroute2_missing = "left out (--no-pyroute2)" if args.no_pyroute2 else pyroute2_unavailable()
-    command = shlex.join(["python", "bench/conntrack_bench.py", *sys.argv[1:]])
+    # Every option that shapes the numbers (not where they are written).
+    command = shlex.join([
+        "python", "bench/conntrack_bench.py", "--entries", str(args.entries),
+        "--repeat", str(args.repeat), "--pyroute2-repeat", str(args.pyroute2_repeat),
+        "--events", str(args.events), "--patience", f"{args.patience:g}",
+        *(["--no-pyroute2"] if args.no_pyroute2 else []),
+    ])  # fmt: skip
     load = background_load(args.patience)
     started = time.monotonic()
     with Lab() as lab:
