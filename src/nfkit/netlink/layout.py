@@ -271,10 +271,10 @@ Parser = Callable[[bytes, int], Any]
 
 
 class LayoutCache:
-    """The compiled parsers met in a stream of messages, by the first ``key_size`` bytes.
+    """The compiled parsers met in a stream of messages, by their first 8 bytes.
 
-    With the default key (nlmsg length, type and flags) every layout under
-    one key has the same message length. A lookup is a plain dict read::
+    Those bytes (nlmsg length, type and flags) key the layouts, so every
+    layout under one key has the same length. A lookup is a plain dict read::
 
         entry = cache.parsers.get(data[offset:offset + 8])
         if entry is not None:
@@ -288,8 +288,7 @@ class LayoutCache:
         failures: uncompilable messages tolerated per key before giving up on it.
     """
 
-    def __init__(self, key_size: int = 8, limit: int = 256, failures: int = 8) -> None:
-        self.key_size = key_size
+    def __init__(self, limit: int = 256, failures: int = 8) -> None:
         self.limit = limit
         self.max_failures = failures
         self.parsers: dict[bytes, tuple[int, int, Parser]] = {}
