@@ -624,6 +624,16 @@ def test_lab_delete_many_and_flush(lab: Lab) -> None:
 
 
 @pytest.mark.lab
+def test_lab_later_channels_open_in_the_clients_namespace(lab: Lab) -> None:
+    fill_table(lab, lab.a, 10)
+    with client_in(lab) as ct:  # this thread is back in its own namespace now
+        busy = ct.dump()
+        next(busy)  # holds the first channel
+        assert ct.count() == 10  # through a second channel, opened in lab.a
+        busy.close()
+
+
+@pytest.mark.lab
 def test_lab_stats_and_other_tables(lab: Lab) -> None:
     fill_table(lab, lab.a, 10)
     with client_in(lab) as ct:

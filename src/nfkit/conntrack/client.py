@@ -25,6 +25,7 @@ import queue
 import select
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
@@ -299,11 +300,13 @@ class _Namespace:
 
     def __init__(self) -> None:
         try:
-            self.fd: int | None = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self.fd = None  # no /proc: every channel opens where the caller is
+            self.fd: int | None = None  # no /proc: channels open where the caller is
             return
-        self.identity = _identity(os.fstat(self.fd))
+        self.fd = fd
+        self.identity = _identity(os.fstat(fd))
+        self._release = weakref.finalize(self, os.close, fd)  # also if never closed
 
     def run(self, make: Callable[[], Transport]) -> Transport:
         """``make()`` inside the namespace."""
@@ -323,8 +326,8 @@ class _Namespace:
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
             self.fd = None
+            self._release()
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
