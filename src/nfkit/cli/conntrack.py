@@ -2208,6 +2208,10 @@ class Runner:
                 received = listener.receive()
             except NetlinkError as exc:
                 other_problem(f"failed to received netlink event: {os.strerror(exc.errno or 0)}")
+            if origin:  # before the requesting processes exit
+                for item in received:
+                    if isinstance(item, Event) and item.portid and item.flow is not None:
+                        programs.name(item.portid)
             lines: list[str] = []
             for item in received:
                 if isinstance(item, Overrun):
@@ -2219,7 +2223,7 @@ class Runner:
                 line = self._event_line(item, family, match, show_flow, show_expectation, stamp)
                 if line is None:
                     continue
-                if origin and item.portid:
+                if origin and item.portid and item.flow is not None:
                     line += programs.describe(item.portid)
                 lines.append(line + "\n")
                 self.count += 1
@@ -2304,9 +2308,12 @@ class ProgramNames:
             return self._last[2]
         name = _program_of(portid, inode)
         if name is None:
-            for entry in os.listdir("/proc"):
-                if entry.isdigit() and int(entry) > 1 and int(entry) != portid:
-                    name = _program_of(int(entry), inode)
+            # The newest processes first: the requester is usually a short-lived command
+            # that is about to exit (conntrack -I, -D, -U).
+            pids = sorted((int(e) for e in os.listdir("/proc") if e.isdigit()), reverse=True)
+            for pid in pids:
+                if pid > 1 and pid != portid:
+                    name = _program_of(pid, inode)
                     if name is not None:
                         break
         self._last = (portid, inode, name)
