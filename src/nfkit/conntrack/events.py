@@ -9,10 +9,12 @@ and carries on; dump the table to learn what was missed.
 Two kernel behaviours surprise most users:
 
 * ``net.netfilter.nf_conntrack_events`` defaults to 2 ("auto", Linux 5.19+):
-  a flow gets the event extension only if a ctnetlink listener exists in the
-  network namespace when the flow is *created*. Flows created before any
-  listener existed never produce an event, not even DESTROY. Start the
-  listener first, then dump the table to learn the flows that came before.
+  a flow gets the event extension only if a ctnetlink listener exists when
+  the flow is *created*, and current kernels count listeners of every
+  network namespace (one in another namespace is enough). Flows created
+  while none existed never produce an event, not even DESTROY. Start the
+  listener first, then dump the table to learn the flows that came before;
+  ``nf_conntrack_events=1`` in the namespace gives every flow the extension.
 * DESTROY events of flows that timed out come from the conntrack garbage
   collector, often many seconds after the expiry; the flow's ``stop``
   timestamp still tells the real expiry time.
