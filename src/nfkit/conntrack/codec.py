@@ -504,8 +504,9 @@ _MAX_BUILDERS = 1024
 
 def _generic_builder(mtype: int, flags: int, events: bool, values: dict[str, Any]) -> Builder:
     """A compiled ``build(v, family, data, offset)`` for messages with these paths."""
-    paths = tuple(sorted((path, isinstance(v, tuple)) for path, v in values.items()))
-    key = (mtype, flags if events else 0, events, paths)
+    # A path's values always have the same shape (its schema leaf), so the
+    # paths in arrival order identify the code.
+    key = (mtype, event_type(mtype, flags) if events else None, tuple(values))
     cached = _BUILDERS.get(key)
     if cached is not None:
         return cached
@@ -532,15 +533,33 @@ def _generic_builder(mtype: int, flags: int, events: bool, values: dict[str, Any
 _ADDRESS_SIZE: dict[int, int] = {AF_INET: 4, AF_INET6: 16}
 
 
+def _address_paths(schema: Schema, version: str, prefix: str = "") -> set[str]:
+    """Paths of the address leaves (``v4_*`` or ``v6_*``) of ``schema``."""
+    paths = set()
+    for node in schema.values():
+        path = f"{prefix}{node.name}"
+        if isinstance(node, Nest):
+            paths |= _address_paths(node.children, version, path + ".")
+        elif node.name.startswith(version):
+            paths.add(path)
+    return paths
+
+
+#: Per family, the address paths of the other family.
+_FOREIGN_ADDRESSES: dict[int, frozenset[str]] = {
+    AF_INET: frozenset(_address_paths(FLOW_SCHEMA, "v6_") | _address_paths(EXPECT_SCHEMA, "v6_")),
+    AF_INET6: frozenset(_address_paths(FLOW_SCHEMA, "v4_") | _address_paths(EXPECT_SCHEMA, "v4_")),
+}
+
+
 def _check_addresses(values: dict[str, Any], family: int) -> None:
     """Refuse addresses of the other family (they would print wrongly)."""
-    size = _ADDRESS_SIZE.get(family)
-    if size is None:
+    foreign = _FOREIGN_ADDRESSES.get(family)
+    if foreign is None:
         raise DecodeError(f"conntrack message of unknown family {family}")
-    wrong = "v6_" if size == 4 else "v4_"
-    for path in values:
-        if path.rsplit(".", 1)[-1].startswith(wrong):
-            raise DecodeError(f"{path}: address of the wrong family for family {family}")
+    wrong = values.keys() & foreign
+    if wrong:
+        raise DecodeError(f"{min(wrong)}: address of the wrong family for family {family}")
 
 
 def decode_message(

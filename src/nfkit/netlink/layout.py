@@ -47,16 +47,24 @@ class Leaf:
 
     name: str
     code: str
+    #: Payload size the codes need (None: any, for :data:`BYTES`).
+    size: int | None = field(init=False, compare=False)
+    #: How many values the codes give.
+    count: int = field(init=False, compare=False)
+    _unpack: Callable[[bytes, int], tuple[Any, ...]] | None = field(
+        init=False, repr=False, compare=False
+    )
 
-    @property
-    def size(self) -> int | None:
-        return None if self.code == BYTES else struct.calcsize("!" + self.code)
-
-    @property
-    def count(self) -> int:
-        return (
-            1 if self.code == BYTES else len(struct.unpack("!" + self.code, bytes(self.size or 0)))
-        )
+    def __post_init__(self) -> None:
+        if self.code == BYTES:
+            size, count, unpack = None, 1, None
+        else:
+            compiled = struct.Struct("!" + self.code)
+            size, unpack = compiled.size, compiled.unpack_from
+            count = len(compiled.unpack(bytes(size)))
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "_unpack", unpack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +123,14 @@ def _walk(
             _walk(data, pos, stop, node.children, path, values)
         elif node is not None:
             path = _join(prefix, node.name)
-            if node.code == BYTES:
+            unpack = node._unpack
+            if unpack is None:
                 values[path] = data[pos:stop]
             else:
                 if stop - pos != node.size:
                     raise DecodeError(f"{path}: {stop - pos} bytes, expected {node.size}")
-                unpacked = struct.unpack_from("!" + node.code, data, pos)
-                values[path] = unpacked[0] if len(unpacked) == 1 else unpacked
+                unpacked = unpack(data, pos)
+                values[path] = unpacked[0] if node.count == 1 else unpacked
         start += (length + 3) & ~3
 
 
