@@ -16,8 +16,9 @@ bytes) and a non-zero mark as ``-m`` (1.4.7 drops it).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from nfkit.conntrack.model import (
     AF_INET,
@@ -252,13 +253,120 @@ class FlowText:
         self.ktimestamp = ktimestamp
         self.show_id = show_id
         self.labels = labels
+        self._compiled: dict[tuple[object, ...], Callable[[Flow, int | None], str | None]] = {}
+        self._last: Callable[[Flow, int | None], str | None] = lambda flow, now: None
+        self._last_event: EventType | None = None
 
     def line(self, flow: Flow, event: EventType | None = None, now: int | None = None) -> str:
         """The line without its newline; ``event`` adds the ``[NEW]``-style tag.
 
         ``now`` is the time ``delta-time`` counts to for running flows
         (default: the current time, as conntrack reads it per line).
+
+        Lines of a common shape (protocol, protocol state, counters,
+        timestamps present or not) come from a function compiled for that
+        shape, one f-string for the whole line; the function of the last
+        line is tried first (tables list runs of like flows). Other lines
+        come from :meth:`generic_line`, which the tests hold both against.
         """
+        if event is self._last_event:
+            text = self._last(flow, now)
+            if text is not None:
+                return text
+        o = flow.orig
+        key = (
+            event,
+            None if o is None else o.proto,
+            flow.protoinfo.__class__,
+            flow.timeout is None,
+            flow.counters_orig is None,
+            flow.start is None,
+        )
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self._compile(event, flow)
+        self._last, self._last_event = compiled, event
+        text = compiled(flow, now)
+        assert text is not None  # the flow has the shape its function was compiled for
+        return text
+
+    def _compile(
+        self, event: EventType | None, flow: Flow
+    ) -> Callable[[Flow, int | None], str | None]:
+        """A line function for flows shaped like ``flow``: None for another shape, and
+        generic_line's text for flows of this shape with rare attributes."""
+        o = flow.orig
+        proto = None if o is None else o.proto
+        if o is None or proto is None or (self.labels is not None and self.ktimestamp):
+            return lambda f, now: self.generic_line(f, event, now)
+        shape = [f"o.proto != {proto}", "f.protoinfo.__class__ is not INFO",
+                 f"(f.timeout is None) is not {flow.timeout is None}",
+                 f"(f.counters_orig is None) is not {flow.counters_orig is None}",
+                 f"(f.start is None) is not {flow.start is None}"]  # fmt: skip
+        rare = ["r is None", "f.status is None", "f.mark is None", "f.use is None",
+                "f.zone is not None", "f.secctx is not None", "f.helper is not None",
+                "f.stop is not None", "o.zone is not None", "r.zone is not None",
+                "o.family not in L3", "r.family != o.family"]  # fmt: skip
+        text = [_EVENT_TAGS[event] if event else ""]
+        if self.layer3:
+            text.append("{L3_COLUMNS[o.family]}")
+        text.append(_PROTO_COLUMNS.get(proto) or f"{'unknown':<8} {proto} ")
+        if flow.timeout is not None:
+            text.append("{f.timeout} ")
+        info = flow.protoinfo
+        if info is not None:
+            rare.append("f.protoinfo.state is None")
+            text.append("{STATES[f.protoinfo.state]}")
+        text.append("src={o.src} dst={o.dst} " + _compiled_l4(proto, "o"))
+        if flow.counters_orig is not None:
+            rare.append("f.counters_reply is None")
+            text.append("packets={f.counters_orig.packets} bytes={f.counters_orig.bytes} ")
+        else:
+            rare.append("f.counters_reply is not None")
+        text.append("{'' if status & 2 else '[UNREPLIED] '}")
+        text.append("src={r.src} dst={r.dst} " + _compiled_l4(proto, "r"))
+        if flow.counters_orig is not None:
+            text.append("packets={f.counters_reply.packets} bytes={f.counters_reply.bytes} ")
+        text.append(
+            "{'[HW_OFFLOAD] ' if status & 0x8000 else '[OFFLOAD] ' if status & 0x4000"
+            " else '[ASSURED] ' if status & 4 else ''}mark={f.mark} "
+        )
+        if flow.start is not None:
+            text.append(
+                "delta-time={((int(time()) if now is None else now) - f.start // NS) & U64} "
+            )
+            if self.ktimestamp:
+                text.append("[start={ctime(f.start // NS)}] ")
+        text.append("use={f.use} ")
+        if self.show_id:
+            rare.append("f.id is None")
+            text.append("id={f.id} ")
+        if self.labels is not None:
+            rare.append("f.labels is not None")
+        source = (
+            "def line(f, now):\n"
+            "    o = f.orig\n"
+            "    r = f.reply\n"
+            f"    if o is None or {' or '.join(shape)}:\n"
+            "        return None\n"
+            f"    if {' or '.join(rare)}:\n"
+            "        return generic(f, event, now)\n"
+            "    status = f.status.__index__()\n"
+            f"    return f{''.join(text)!r}[:-1]\n"
+        )
+        scope: dict[str, Any] = {
+            "generic": self.generic_line, "event": event, "L3": L3_NAMES, "time": time.time,
+            "L3_COLUMNS": _L3_COLUMNS, "NS": NSEC_PER_SEC, "U64": _U64, "ctime": time.ctime,
+            "INFO": info.__class__, "STATES": _STATE_COLUMNS.get(info.__class__),
+        }  # fmt: skip
+        exec(compile(source, "<conntrack line format>", "exec"), scope)
+        compiled: Callable[[Flow, int | None], str] = scope["line"]
+        return compiled
+
+    def generic_line(
+        self, flow: Flow, event: EventType | None = None, now: int | None = None
+    ) -> str:
+        """:meth:`line` for any flow, piece by piece as ``nfct_snprintf`` builds it."""
         o = flow.orig
         r = flow.reply
         status = -1 if flow.status is None else int(flow.status)  # IntFlag operators are slow
@@ -323,6 +431,28 @@ class FlowText:
 
 
 _PROTO_COLUMNS = {number: f"{name:<8} {number} " for number, name in L4_NAMES.items()}
+_L3_COLUMNS = {family: f"{name:<8} {family} " for family, name in L3_NAMES.items()}
+# "NAME " for every u8 state value, per protocol info class (names past the table: NONE)
+_STATE_COLUMNS: dict[type, list[str]] = {
+    kind: [state_name(names, value) + " " for value in range(256)]
+    for kind, names in ((TCPInfo, TCP_STATES), (SCTPInfo, SCTP_STATES), (DCCPInfo, DCCP_STATES))
+}
+
+
+def _compiled_l4(proto: int, var: str) -> str:
+    """The f-string text of a tuple's protocol part (see _tuple_text)."""
+    if proto in PORT_PROTOCOLS:
+        return f"sport={{{var}.sport or 0}} dport={{{var}.dport or 0}} "
+    if proto == IPPROTO_GRE:
+        return f"srckey={{{var}.sport or 0:#x}} dstkey={{{var}.dport or 0:#x}} "
+    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        return (
+            f"type={{{var}.icmp_type or 0}} code={{{var}.icmp_code or 0}} "
+            f"id={{{var}.icmp_id or 0}} "
+        )
+    return ""
+
+
 _SEEN_REPLY = int(Status.SEEN_REPLY)
 _ASSURED = int(Status.ASSURED)
 _OFFLOAD = int(Status.OFFLOAD)
@@ -742,6 +872,6 @@ def event_time_prefix(seconds: float) -> str:
     return f"[{whole:08d}.{int((seconds - whole) * 1_000_000):06d}]\t"
 
 
-def join_lines(lines: Iterable[str]) -> str:
+def join_lines(lines: Sequence[str]) -> str:
     """Lines as one block of text, each with its newline."""
-    return "".join(line + "\n" for line in lines)
+    return "\n".join(lines) + "\n" if lines else ""
