@@ -1920,7 +1920,7 @@ class Runner:
             return xml
         if output & Output.TIMESTAMP:
             return lambda exp, event: (
-                fmt.event_time_prefix(time.time()) + fmt.expectation_line(exp, event)
+                fmt.event_time_prefix(time.time_ns()) + fmt.expectation_line(exp, event)
             )
         return fmt.expectation_line
 
@@ -2248,7 +2248,7 @@ class Runner:
         if match is not None and not match(flow):
             return None
         line = show_flow(flow, event.type)
-        return fmt.event_time_prefix(time.time()) + line if stamp else line
+        return fmt.event_time_prefix(time.time_ns()) + line if stamp else line
 
     # -- help ------------------------------------------------------------------------------
 

@@ -866,10 +866,10 @@ def proc_stats_lines(text: str) -> list[str]:
     return lines
 
 
-def event_time_prefix(seconds: float) -> str:
+def event_time_prefix(nanoseconds: int) -> str:
     """``-E -o timestamp``: ``[<sec>.<usec>]`` and a tab before each event line."""
-    whole = int(seconds)
-    return f"[{whole:08d}.{int((seconds - whole) * 1_000_000):06d}]\t"
+    seconds, rest = divmod(nanoseconds, NSEC_PER_SEC)
+    return f"[{seconds:08d}.{rest // 1000:06d}]\t"
 
 
 def join_lines(lines: Sequence[str]) -> str:
