@@ -506,7 +506,7 @@ OUTPUT_KEYWORDS = (("xml", int(Output.XML)), ("extended", int(Output.EXTENDED)),
                    ("userspace", 0), ("save", int(Output.SAVE)))  # fmt: skip
 
 
-def _keyword(word: str, keywords: Sequence[tuple[str, int]]) -> int | None:
+def _keyword(word: str, keywords: Sequence[tuple[str, int]], warnings: IO[str]) -> int | None:
     """The value of the first keyword ``word`` abbreviates (case-insensitive), as conntrack.
 
     ``SRC_NAT`` and ``DST_NAT`` are tried first in every list: they only
@@ -515,7 +515,7 @@ def _keyword(word: str, keywords: Sequence[tuple[str, int]]) -> int | None:
     upper = word.upper()
     for nat in ("SRC_NAT", "DST_NAT"):
         if nat.startswith(upper):
-            sys.stderr.write(f"WARNING: ignoring {nat}, use --{nat[:3].lower()}-nat instead\n")
+            warnings.write(f"WARNING: ignoring {nat}, use --{nat[:3].lower()}-nat instead\n")
             return 0
     for name, value in keywords:
         if name.upper().startswith(upper):
@@ -523,13 +523,13 @@ def _keyword(word: str, keywords: Sequence[tuple[str, int]]) -> int | None:
     return None
 
 
-def parse_keywords(arg: str, keywords: Sequence[tuple[str, int]]) -> int:
+def parse_keywords(arg: str, keywords: Sequence[tuple[str, int]], warnings: IO[str]) -> int:
     """A comma-separated keyword list (``-e``, ``-o``), OR-ed together."""
     value = 0
     rest = arg
     while True:
         word, comma, tail = rest.partition(",")
-        found = _keyword(word, keywords) if word else None
+        found = _keyword(word, keywords, warnings) if word else None
         if found is None:
             parameter_problem(f"Bad parameter `{rest}'")
         value |= found
@@ -538,7 +538,7 @@ def parse_keywords(arg: str, keywords: Sequence[tuple[str, int]]) -> int:
         rest = tail
 
 
-def parse_status(arg: str) -> tuple[int, int]:
+def parse_status(arg: str, warnings: IO[str]) -> tuple[int, int]:
     """``-u``: the status bits wanted set and, from ``!NAME`` and UNREPLIED, the bits wanted clear.
 
     Returns ``(value, negated)``.
@@ -557,7 +557,7 @@ def parse_status(arg: str) -> tuple[int, int]:
         if not negative and word.startswith("UNREPLIED"):
             negated |= int(Status.SEEN_REPLY)
         else:
-            found = _keyword(word, STATUS_KEYWORDS) if word else None
+            found = _keyword(word, STATUS_KEYWORDS, warnings) if word else None
             if found is None:
                 parameter_problem(f"Bad parameter `{rest}'")
             if negative:
@@ -991,15 +991,15 @@ class Parser:
             tmpl.timeout = c_atoi(arg or "") & 0xFFFFFFFF
         elif char == "u":
             result.options |= Opt.STATUS
-            value, clear = parse_status(arg or "")
+            value, clear = parse_status(arg or "", self.stderr)
             tmpl.status = (tmpl.status or 0) | value
             tmpl.status_clear |= clear
         elif char == "e":
             result.options |= Opt.EVENT_MASK
-            result.event_mask |= parse_keywords(arg or "", EVENT_KEYWORDS)
+            result.event_mask |= parse_keywords(arg or "", EVENT_KEYWORDS, self.stderr)
         elif char == "o":
             result.options |= Opt.OUTPUT
-            result.output |= parse_keywords(arg or "", OUTPUT_KEYWORDS)
+            result.output |= parse_keywords(arg or "", OUTPUT_KEYWORDS, self.stderr)
             if result.output & Output.LABELS:
                 self._load_labels()
             if result.output & Output.SAVE and result.output & ~Output.SAVE:
@@ -1602,8 +1602,9 @@ def creation_flow(parsed: Parsed) -> Flow:
     """The flow ``-I``/``-A`` creates: the tuples given (a missing one is the other
     inverted), timeout, status, mark, zone, labels, protocol state and NAT."""
     t = parsed.tmpl
-    orig = template_tuple(t, reply=False)
-    reply = template_tuple(t, reply=True)
+    # which tuples were given is what -s/-d and -r/-q say (-n/-g set the family too)
+    orig = template_tuple(t, reply=False) if parsed.options & ORIG else None
+    reply = template_tuple(t, reply=True) if parsed.options & REPL else None
     if orig is not None and reply is None:
         reply = replace(orig.inverted(), zone=t.reply_zone)
     elif reply is not None and orig is None:
