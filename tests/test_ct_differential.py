@@ -40,12 +40,14 @@ from pathlib import Path
 import pytest
 
 from ctlab import create_flows, enable_labels, varied_flows
-from nfkit.conntrack import Flow
+from nfkit.conntrack import Conntrack, Flow, Status, TCPInfo, TCPState, Tuple
+from nfkit.conntrack.model import AF_INET
 from nfkit.lab import Lab, unavailable_reason
 
 pytestmark = [pytest.mark.lab, pytest.mark.reference]
 
 CONNTRACK = "/usr/sbin/conntrack"
+PREFIX = "conntrack v1.4.7 (conntrack-tools): "
 NFKIT = (sys.executable, "-m", "nfkit.cli.main", "conntrack")
 LABELS = "0 zero\n1 one\n5 five\n64 big\n127 last\n# a comment\n"
 LONG = 3600  # seconds: every timeout of the lab's flows
@@ -928,3 +930,64 @@ def test_command_sequences(twins: Twins, name: str) -> None:
             want[1], got[1] = _save_fixes(want[1]), re.sub(r" -m \d+", "", got[1])
         assert_same(step, Result(*want), Result(*got))
     assert got_table == want_table
+
+
+# -- expectations made and removed by hand --------------------------------------------------
+
+MASTER = "-s 192.0.2.1 -d 192.0.2.2 -p tcp --sport 40000 --dport 21"
+EXPECT = (
+    f"-I expect {MASTER} --tuple-src 192.0.2.1 --tuple-dst 192.0.2.2 --tuple-port-src 0"
+    " --tuple-port-dst 5000 --mask-src 255.255.255.255 --mask-dst 255.255.255.255"
+    " --mask-port-src 0 --mask-port-dst 65535 -t 100"
+)
+KEY = (
+    "-s 192.0.2.1 -d 192.0.2.2 -p tcp --sport 0 --dport 5000 --reply-port-src 1 --reply-port-dst 2"
+)
+
+
+def _ftp_master(twins: Twins) -> None:
+    """A flow with the ftp helper, which expectations need as their master."""
+    twins.lab.run(str(twins.lab.a), CONNTRACK, "-F")
+    with twins.lab.entered(twins.lab.a), Conntrack() as client:
+        master = Tuple(AF_INET, "192.0.2.1", "192.0.2.2", 6, 40000, 21)
+        client.create(Flow(master, timeout=300, helper="ftp", status=Status.SEEN_REPLY,
+                           protoinfo=TCPInfo(TCPState.ESTABLISHED)))  # fmt: skip
+
+
+def test_expectation_create_get_delete(twins: Twins) -> None:
+    tools = twins.tools
+    listings = []
+    for run in (tools.conntrack, tools.nfkit):
+        _ftp_master(twins)
+        assert run(*shlex.split(EXPECT)) == Result(0, "", "")
+        listings.append(mask(tools.conntrack("-L", "expect").stdout))
+    # conntrack 1.4.7 gives the expected tuple the protocol number (u8)htons(5000) = 19
+    assert listings[0].startswith("T proto=19 src=192.0.2.1 dst=192.0.2.2 mask-src=")
+    assert listings[1] == (
+        "T proto=6 src=192.0.2.1 dst=192.0.2.2 sport=0 dport=5000 mask-src=255.255.255.255"
+        " mask-dst=255.255.255.255 sport=0 dport=65535 master-src=192.0.2.1"
+        " master-dst=192.0.2.2 sport=40000 dport=21 class=0 helper=ftp\n"
+    )
+    # -G and -D on the expectation nfkit made (1.4.7 cannot make one it can name)
+    compare(tools, ["-G", "expect", *shlex.split(KEY)])
+    compare(tools, ["-G", "expect", *shlex.split(KEY), "-o", "xml"])
+    compare(tools, ["-D", "expect", *shlex.split(KEY.replace("5000", "5001"))])
+    want = tools.conntrack("-D", "expect", *shlex.split(KEY))
+    assert (want.rc, want.stderr) == (1, PREFIX + "0 expectations have been shown.\n")
+    assert tools.conntrack("-L", "expect").stdout == ""
+    _ftp_master(twins)
+    assert tools.nfkit(*shlex.split(EXPECT)).rc == 0
+    got = tools.nfkit("-D", "expect", *shlex.split(KEY))
+    assert (got.rc, got.stdout, got.stderr) == (
+        0,
+        "",
+        PREFIX + "1 expectations have been deleted.\n",
+    )
+    assert tools.conntrack("-L", "expect").stdout == ""
+
+
+def test_zeroing_counters(twins: Twins) -> None:
+    """-L -z shows the counters and zeroes them: both tools on twins, then the table."""
+    want, got = twins.each(["-L", "-z", "-o", "extended"])
+    assert_same("-L -z", want, got)
+    assert "packets=0 bytes=0" in want.stdout.split("--\n")[1]
