@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from nfkit.lab import Lab, LabError, netns, sweep_stale, traffic, unavailable_reason
+from nfkit import netns
+from nfkit.lab import Lab, LabError, sweep_stale, traffic, unavailable_reason
 
 pytestmark = pytest.mark.lab
 

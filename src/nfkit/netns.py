@@ -112,7 +112,7 @@ def entered(ns_name: str) -> Iterator[None]:
                 setns(orig_fd, CLONE_NEWNET)
             except OSError as exc:  # pragma: no cover - should never happen
                 raise RuntimeError(
-                    "nfkit.lab.netns.entered: could not restore the original network "
+                    "nfkit.netns.entered: could not restore the original network "
                     f"namespace of this thread: {exc}"
                 ) from exc
     finally:

@@ -312,7 +312,7 @@ class _Namespace:
         """``make()`` inside the namespace."""
         if self.fd is None or _identity(os.stat(self.PATH)) == self.identity:
             return make()
-        from nfkit.lab.netns import setns  # ctypes; only needed when threads moved
+        from nfkit.netns import setns  # ctypes; only needed when threads moved
 
         back = os.open(self.PATH, os.O_RDONLY | os.O_CLOEXEC)
         try:

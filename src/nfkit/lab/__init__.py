@@ -31,7 +31,7 @@ from nfkit.lab.core import (
     traffic_argv,
     unavailable_reason,
 )
-from nfkit.lab.netns import entered
+from nfkit.netns import entered
 
 __all__ = [
     "Iface",

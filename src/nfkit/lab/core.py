@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from nfkit.lab import netns
+from nfkit import netns
 
 __all__ = [
     "Iface",
