@@ -736,3 +736,15 @@ def test_lab_script_from_the_package_docstring(lab: Lab) -> None:
     output = lab.run(lab.a, sys.executable, "-c", script, env=dict(os.environ, **lab.env)).stdout
     assert output.count("Flow(") == 1 and "dport=22" in output
     assert lab.run(lab.a, "conntrack", "-L", "-p", "tcp", "--dport", "22", check=False).stdout == ""
+
+
+def test_filter_mark_zero_matches_events_without_a_mark() -> None:
+    # The kernel omits CTA_MARK from events when the mark is 0.
+    from nfkit.conntrack import Filter, Flow, Tuple
+
+    flow = Flow(orig=Tuple(src="192.0.2.1", dst="192.0.2.2", proto=17, sport=1, dport=2))
+    assert flow.mark is None
+    assert Filter(mark=0).matches(flow)
+    assert not Filter(mark=1).matches(flow)
+    flow.mark = 0x10
+    assert Filter(mark=0x10, mark_mask=0x10).matches(flow)

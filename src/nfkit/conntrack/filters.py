@@ -272,7 +272,8 @@ class Filter:
         """Whether ``flow`` meets every criterion (the client-side check).
 
         A flow that lacks an attribute a criterion needs (an event without
-        counters, a mark that was not sent) does not match.
+        counters) does not match; a missing mark counts as 0, because the
+        kernel leaves zero marks out of events.
         """
         match = self._match
         if match is None:
@@ -430,7 +431,8 @@ def _conditions(flt: Filter) -> list[str]:
             conds.append(f"{var} is not None and " + " and ".join(tuple_conds))
     if flt.mark is not None:
         mask = 0xFFFFFFFF if flt.mark_mask is None else flt.mark_mask
-        conds.append(f"f.mark is not None and f.mark & {mask} == {flt.mark}")
+        # The kernel leaves a zero mark out of events: no mark means mark 0.
+        conds.append(f"(f.mark or 0) & {mask} == {flt.mark}")
     if flt.status is not None:
         mask = flt.status if flt.status_mask is None else flt.status_mask
         conds.append(f"f.status is not None and f.status & {int(mask)} == {int(flt.status)}")
