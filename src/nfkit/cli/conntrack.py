@@ -142,11 +142,6 @@ def c_unsigned(text: str, bits: int = 32) -> int:
     return c_strtol(text, 0)[0] & ((1 << bits) - 1)
 
 
-def c_u16_from_int(value: int) -> int:
-    """``htons((uint16_t) value)`` read back as a number: the value wrapped to 16 bits."""
-    return value & 0xFFFF
-
-
 # -- getopt_long ------------------------------------------------------------------------------
 
 NO_ARGUMENT, REQUIRED_ARGUMENT, OPTIONAL_ARGUMENT = 0, 1, 2
@@ -1035,7 +1030,9 @@ class Parser:
                 parameter_problem(f"`{text}' unsupported protocol")
         elif char == "b":
             result.options |= Opt.BUFFERSIZE
-            result.buffer_size = c_atoi(arg or "") & 0xFFFFFFFFFFFFFFFF
+            # conntrack hands setsockopt a size_t; the kernel reads its low 32 bits as an int
+            size = c_atoi(arg or "") & 0xFFFFFFFF
+            result.buffer_size = max(size - (1 << 32) if size >> 31 else size, 0)
         elif char == ":":
             parameter_problem(f"option `{self.getopt.last_argument()}' requires an argument")
         else:
@@ -1996,7 +1993,9 @@ class Runner:
         try:
             flows = [flow for flow in client.dump(self.prefilter(with_status=True))
                      if match is None or match(flow)]  # fmt: skip
-            # batched deletes; flows gone meanwhile are not counted (conntrack 1.4.7 fails)
+            # Batched deletes of exactly these flows; flows gone meanwhile are not counted
+            # (conntrack 1.4.7 fails). Conntrack.delete_many would dump the table again
+            # without the kernel-side criteria, so the client's batch step is used directly.
             deleted = client._call(client._delete_flows(flows))
         except NetlinkError as exc:
             operation_failed(exc, Cmd.DELETE)
