@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import IO, NoReturn
@@ -1409,34 +1409,37 @@ def _tuple_zone(direction: Callable[[Flow], Tuple | None], zone: int) -> Check:
     return check
 
 
-def _tuple_checks(t: Template, reply: bool) -> list[Check]:
+def _tuple_checks(t: Template, reply: bool, covered: Collection[str] = ()) -> list[Check]:
     """conntrack's ``__cmp_orig``/``cmp_repl`` (NFCT_CMP_MASK): the tuple fields the template has.
 
     A field the template has but the flow lacks fails. Ports are compared for
     the port protocols only (not GRE keys); ICMP fields are always those of
     the original direction; zones compare as 0 when the flow has none.
+    Fields named in ``covered`` (template field names) are left out: the
+    dump's filter already checked them the same way.
     """
     prefix = "reply" if reply else "orig"
     direction = _reply if reply else _original
     checks: list[Check] = []
     family = getattr(t, f"{prefix}_family")
     proto = getattr(t, f"{prefix}_proto")
-    if family is not None:
+    if family is not None and f"{prefix}_family" not in covered:
         checks.append(_tuple_field(direction, "family", family))
     if proto is not None:
-        checks.append(_tuple_field(direction, "proto", proto))
+        if f"{prefix}_proto" not in covered:
+            checks.append(_tuple_field(direction, "proto", proto))
         if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             for name in ("icmp_id", "icmp_code", "icmp_type"):
-                if getattr(t, name) is not None:
+                if getattr(t, name) is not None and name not in covered:
                     checks.append(_tuple_field(_original, name, getattr(t, name)))
         elif proto in fmt.PORT_PROTOCOLS:
             for name in ("sport", "dport"):
                 want = getattr(t, f"{prefix}_{name}")
-                if want is not None:
+                if want is not None and f"{prefix}_{name}" not in covered:
                     checks.append(_tuple_field(direction, name, want))
     for name in ("src", "dst"):
         address = getattr(t, f"{prefix}_{name}")
-        if address is not None:
+        if address is not None and f"{prefix}_{name}" not in covered:
             checks.append(_tuple_address(direction, name, address))
     zone = getattr(t, f"{prefix}_zone")
     if zone is not None:
@@ -1480,18 +1483,27 @@ def _label_check(wanted: int) -> Check:
 
 
 def _all(checks: list[Check]) -> Check | None:
+    """One check for all of them (None: no checks), chained with ``and``."""
     if not checks:
         return None
-    if len(checks) == 1:
-        return checks[0]
-    return lambda flow: all(check(flow) for check in checks)
+    combined = checks[-1]
+    for check in reversed(checks[:-1]):
+        combined = _both(check, combined)
+    return combined
 
 
-def flow_filter(parsed: Parsed, networks: Sequence[Check] = ()) -> Check | None:
+def _both(first: Check, second: Check) -> Check:
+    return lambda flow: first(flow) and second(flow)
+
+
+def flow_filter(
+    parsed: Parsed, networks: Sequence[Check] = (), covered: Collection[str] = ()
+) -> Check | None:
     """Which flows ``-L``, ``-D``, ``-G`` and ``-E`` keep (None: all of them).
 
     conntrack's ``nfct_filter``: NAT, mark, labels, netmasks (``networks``,
-    see :func:`network_checks`), then the template's meta and tuple fields.
+    see :func:`network_checks`), then the template's meta and tuple fields
+    (except the ``covered`` ones, see :meth:`Runner.prefilter`).
     """
     t, options = parsed.tmpl, parsed.options
     checks: list[Check] = []
@@ -1504,7 +1516,8 @@ def flow_filter(parsed: Parsed, networks: Sequence[Check] = ()) -> Check | None:
         checks.append(_label_check(t.labels))
     checks += networks
     if options & COMPARISON:
-        checks += _meta_checks(t) + _tuple_checks(t, reply=False) + _tuple_checks(t, reply=True)
+        checks += _meta_checks(t)
+        checks += _tuple_checks(t, False, covered) + _tuple_checks(t, True, covered)
     return _all(checks)
 
 
@@ -1937,9 +1950,15 @@ class Runner:
 
     # -- what the kernel filters ------------------------------------------------------------
 
-    def prefilter(self, with_status: bool) -> Filter:
-        """The criteria sent with the dump: family, mark, status and, once the family is
-        known, exact tuple fields (each checked again in Python with conntrack's rules)."""
+    def prefilter(self, with_status: bool) -> tuple[Filter, frozenset[str]]:
+        """The criteria sent with the dump, and the template fields they cover.
+
+        Family, mark, status and, once the family is known, the tuple fields
+        conntrack compares for equality; the library sends the kernel what
+        the kernel can filter and checks the rest itself, with the same
+        meaning as conntrack for these fields, which the caller then need
+        not check again.
+        """
         p, t = self.parsed, self.parsed.tmpl
         criteria: dict[str, object] = {"family": p.family}
         if p.options & Opt.MARK:
@@ -1949,9 +1968,11 @@ class Runner:
             criteria.update(status=t.status or 0, status_mask=status_mask)
         # Without a family the kernel needs one dump per family for tuple criteria,
         # which would change the order of the entries: leave them to Python then.
+        covered: dict[str, object] = {}
         if p.family and p.options & COMPARISON:
-            criteria.update(_exact_tuple_criteria(t, addresses=p.family == AF_INET))
-        return Filter(**criteria)  # type: ignore[arg-type]
+            covered = _exact_tuple_criteria(t, addresses=p.family == AF_INET)
+            criteria.update((_FILTER_NAMES[name], value) for name, value in covered.items())
+        return Filter(**criteria), frozenset(covered)  # type: ignore[arg-type]
 
     # -- flows --------------------------------------------------------------------------------
 
@@ -1961,13 +1982,14 @@ class Runner:
         zero = bool(p.options & Opt.ZERO)
         if conntrack and p.options & COMPARISON and zero:
             parameter_problem("Can't use -z with filtering parameters")
-        match = flow_filter(p, network_checks(p))
+        networks = network_checks(p)  # first: they take the exact addresses' place
+        criteria, covered = self.prefilter(with_status=conntrack)
+        match = flow_filter(p, networks, covered)
         if conntrack and p.options & Opt.STATUS and not (t.status or 0) | t.status_clear:
             # conntrack sends a zero status mask, which the kernel refuses
             operation_failed(OSError(errno.EINVAL, ""), Cmd.LIST)
         try:
-            flows = self.client.dump(self.prefilter(with_status=conntrack), table=p.table,
-                                     reset_counters=zero and conntrack)  # fmt: skip
+            flows = self.client.dump(criteria, table=p.table, reset_counters=zero and conntrack)
             self._write_flows(flows if match is None else filter(match, flows), "dump")
         except NetlinkError as exc:
             operation_failed(exc, Cmd.LIST)
@@ -1988,11 +2010,14 @@ class Runner:
 
     def delete_flows(self) -> None:
         p = self.parsed
-        match = flow_filter(p, network_checks(p))
+        networks = network_checks(p)
+        criteria, covered = self.prefilter(with_status=True)
+        match = flow_filter(p, networks, covered)
         client = self.client
         try:
-            flows = [flow for flow in client.dump(self.prefilter(with_status=True))
-                     if match is None or match(flow)]  # fmt: skip
+            flows = list(client.dump(criteria))
+            if match is not None:
+                flows = [flow for flow in flows if match(flow)]
             # Batched deletes of exactly these flows; flows gone meanwhile are not counted
             # (conntrack 1.4.7 fails). Conntrack.delete_many would dump the table again
             # without the kernel-side criteria, so the client's batch step is used directly.
@@ -2265,26 +2290,33 @@ class Runner:
             self.out.write(f"Proto `{name}' help:\n{p.protocol.help}")
 
 
-def _exact_tuple_criteria(t: Template, addresses: bool) -> dict[str, object]:
-    """Tuple fields conntrack compares for equality, as Filter criteria.
+# Template fields whose Filter criterion means what conntrack's comparison means.
+_FILTER_NAMES = {"orig_family": "family", "orig_proto": "proto", "orig_sport": "sport",
+                 "orig_dport": "dport", "icmp_type": "icmp_type", "icmp_code": "icmp_code",
+                 "icmp_id": "icmp_id", "orig_src": "src", "orig_dst": "dst",
+                 "reply_src": "reply_src", "reply_dst": "reply_dst"}  # fmt: skip
 
-    ``addresses``: include the addresses (a kernel filter on IPv6 addresses
-    returns no entries at all on Linux 6.18, so they are matched in Python).
+
+def _exact_tuple_criteria(t: Template, addresses: bool) -> dict[str, object]:
+    """The template's tuple fields that become Filter criteria (by template field name).
+
+    Reply ports stay with conntrack's own check (it also compares the reply
+    protocol). ``addresses``: include the addresses (a kernel filter on IPv6
+    addresses returns no entries at all on Linux 6.18, so they are matched
+    in Python).
     """
-    criteria: dict[str, object] = {}
+    fields: list[str] = ["orig_family"]
     proto = t.orig_proto
     if proto is not None:
-        criteria["proto"] = proto
+        fields.append("orig_proto")
         if proto in fmt.PORT_PROTOCOLS:
-            criteria.update(sport=t.orig_sport, dport=t.orig_dport)
+            fields += ["orig_sport", "orig_dport"]
         elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-            criteria.update(icmp_type=t.icmp_type, icmp_code=t.icmp_code, icmp_id=t.icmp_id)
+            fields += ["icmp_type", "icmp_code", "icmp_id"]
     if addresses:
-        criteria.update(src=t.orig_src, dst=t.orig_dst, reply_src=t.reply_src,
-                        reply_dst=t.reply_dst)  # fmt: skip
-    if t.reply_proto in fmt.PORT_PROTOCOLS:
-        criteria.update(reply_sport=t.reply_sport, reply_dport=t.reply_dport)
-    return {name: value for name, value in criteria.items() if value is not None}
+        fields += ["orig_src", "orig_dst", "reply_src", "reply_dst"]
+    values = {name: getattr(t, name) for name in fields}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 class ProgramNames:
