@@ -21,6 +21,7 @@ import enum
 import errno
 import gc
 import ipaddress
+import itertools
 import os
 import signal
 import socket
@@ -1938,15 +1939,10 @@ class Runner:
     def _write_flows(self, flows: Iterable[Flow], context: str) -> None:
         """Print the flows (one line each), counting them."""
         show = self.flow_printer(context)
-        lines: list[str] = []
-        for flow in flows:
-            lines.append(show(flow, None))
-            if len(lines) >= _CHUNK:
-                self.out.write(fmt.join_lines(lines))
-                self.count += len(lines)
-                lines = []
-        self.out.write(fmt.join_lines(lines))
-        self.count += len(lines)
+        remaining = iter(flows)
+        while chunk := list(itertools.islice(remaining, _CHUNK)):
+            self.out.write(fmt.join_lines(list(map(show, chunk, itertools.repeat(None)))))
+            self.count += len(chunk)
 
     # -- what the kernel filters ------------------------------------------------------------
 
