@@ -12,15 +12,21 @@ makes the ftp helper create an expectation) and flows made with Debian's
 Both tools run inside ``r`` with the same arguments; stdout, stderr and the
 exit status must be identical once the ticking timeout (and delta-time) are
 masked. Labels are named by a ``connlabel.conf`` that both tools see through
-an overlay on /etc in a private mount namespace.
+a read-only overlay on /etc in a private mount namespace.
 
 The deliberate differences (``docs/compatibility.md``, "## conntrack") are
-listed in ``DEVIATIONS``: for those arguments conntrack 1.4.7's output is
-first turned into what nfkit must print, then compared exactly.
+handled explicitly: conntrack 1.4.7's output is first turned into what nfkit
+must print (``DEVIATIONS``, ``_save_fixes``, ``_sctp_xml_state``,
+``_without_origin``), or a test of its own shows both behaviours.
 
-Commands that change the table (-D, -U, -I, -A, -F, -R) run on twin tables:
-the same flows are created in a fresh namespace for each tool, and both the
-output and the table afterwards are compared.
+Commands that change the table (-D, -U, -I, -A, -F, -R, -L -z) run on twin
+tables: the same flows are created afresh in one namespace before each tool
+runs, and both the output and the table afterwards are compared (conntrack
+ids, which differ between the twins, are masked). Events are compared by
+running both listeners at once on the same events; the name of the program
+behind a ``[USERSPACE]`` event is masked (both tools look it up in /proc
+when the event arrives, racing the program's exit), and so is the order of
+events raised on different CPUs at the same moment.
 """
 
 from __future__ import annotations
