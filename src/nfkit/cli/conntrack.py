@@ -2517,6 +2517,8 @@ def main(
         out.flush()
         err.write(exc.text())
         return exc.status
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # conntrack dies of SIGINT outside -E, silently
     except BrokenPipeError:
         # conntrack dies of SIGPIPE when its reader goes away (e.g. "| head")
         with contextlib.suppress(OSError):
