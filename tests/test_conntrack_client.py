@@ -748,3 +748,28 @@ def test_filter_mark_zero_matches_events_without_a_mark() -> None:
     assert not Filter(mark=1).matches(flow)
     flow.mark = 0x10
     assert Filter(mark=0x10, mark_mask=0x10).matches(flow)
+
+
+@pytest.mark.lab
+def test_delete_many_uses_one_filtered_flush_when_the_kernel_filter_is_exact(lab: Lab) -> None:
+    fill_table(lab, lab.a, 300, src_net="203.0.113.7/32")
+    fill_table(lab, lab.a, 300, src_net="198.51.100.0/24")
+    deletes: list[int] = []
+    real_request = client_module.request
+
+    def counting_request(mtype: int, *args: Any, **kwargs: Any) -> Any:
+        if mtype == C.CT_DELETE:
+            deletes.append(mtype)
+        return real_request(mtype, *args, **kwargs)
+
+    with lab.entered(lab.a), Conntrack() as ct, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client_module, "request", counting_request)
+        assert ct.delete_many(Filter(src="203.0.113.7")) == 300
+        assert len(deletes) == 1  # one flush, not 300 deletes
+        left = list(ct.dump())
+        assert len(left) == 300 and all(f.orig and f.orig.src != "203.0.113.7" for f in left)
+        # A network (not exact in the kernel) falls back to per-flow deletes.
+        assert ct.delete_many(Filter(src="198.51.100.0/25", proto=17)) == sum(
+            1 for f in left if f.orig and int(f.orig.src.rsplit(".", 1)[1]) < 128
+        )
+        assert all(int(f.orig.src.rsplit(".", 1)[1]) >= 128 for f in ct.dump() if f.orig)

@@ -596,6 +596,10 @@ class ClientCore:
         yield from self._ack(message, "conntrack delete", {errno.ENOENT: "no such flow"})
 
     def _op_delete_many(self, criteria: Filter | Callable[[Flow], bool] | None) -> Call[int]:
+        if isinstance(criteria, Filter) and not criteria.is_empty:
+            flushed = yield from self._flush_exact(criteria)
+            if flushed is not None:
+                return flushed
         if criteria is None or isinstance(criteria, Filter):
             flows = yield from gather(self._op_dump(criteria or Filter(), None, None,
                                                     "conntrack", False))  # fmt: skip
@@ -606,6 +610,40 @@ class ClientCore:
                 if criteria(flow)
             ]
         return (yield from self._delete_flows(flows))
+
+    def _flush_exact(self, flt: Filter) -> Call[int | None]:
+        """Delete ``flt``'s flows with one filtered flush, when that is exact.
+
+        A dump with the kernel's share of the filter tells whether the
+        kernel selects exactly the matching flows (every flow it returns
+        passes the Python check); then a flush with the same attributes
+        deletes them in the kernel, with no request per flow. Returns the
+        number of flows, or None when a flush would not be exact (criteria
+        the kernel cannot apply, or a kernel without flush filters).
+        """
+        family = flt.effective_family
+        parts = self.kernel_filters & (_flush_parts(kernel_release()) | KernelFilter.TUPLE)
+        if not family or KernelFilter.TUPLE not in self.kernel_filters:
+            return None  # CTA_FILTER (5.8) scopes a flush to one family
+        attributes, used = flt.merged(family=family).kernel_attributes(parts)
+        if not used:
+            return None
+        selected = matched = 0
+
+        def count(items: list[Flow], _others: list[Message]) -> list[Flow]:
+            nonlocal selected, matched
+            selected += len(items)
+            matched += sum(1 for flow in items if flt.matches(flow))
+            return []
+
+        message = request(C.CT_GET, 0, family, attributes)
+        yield from gather(self._dump(message, "conntrack dump", _DUMP_HINTS, count))
+        if matched != selected:
+            return None
+        if matched:
+            flush = request(C.CT_DELETE, 0, family, attributes, version=C.NFNETLINK_V1)
+            yield from self._ack(flush, "conntrack flush")
+        return matched
 
     def _delete_flows(self, flows: list[Flow]) -> Call[int]:
         deleted = 0
