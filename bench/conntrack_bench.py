@@ -506,7 +506,8 @@ def main() -> int:
         timed += bench_deletion(lab, ns, args.entries, args.repeat)
     decoded = bench_decoding(datagrams, events, args.repeat, pyroute2_missing)
     for m in timed + decoded:
-        print(f"{m.task}, {m.tool}: wall {m.walls} CPU {m.cpus} {m.note}", file=sys.stderr)
+        print(f"{m.task}, {m.tool}: wall {m.walls} CPU {m.cpus} others {m.loads} {m.note}",
+              file=sys.stderr)
     half = args.entries // 2
     section = (
         f"{environment(command)}"
