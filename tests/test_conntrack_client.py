@@ -773,3 +773,16 @@ def test_delete_many_uses_one_filtered_flush_when_the_kernel_filter_is_exact(lab
             1 for f in left if f.orig and int(f.orig.src.rsplit(".", 1)[1]) < 128
         )
         assert all(int(f.orig.src.rsplit(".", 1)[1]) >= 128 for f in ct.dump() if f.orig)
+
+
+@pytest.mark.lab
+def test_ipv6_address_filters_find_and_delete_their_flows(lab: Lab) -> None:
+    fill_table(lab, lab.a, 20, family=6)
+    with lab.entered(lab.a), Conntrack() as ct:
+        flows = list(ct.dump())
+        target = flows[0].orig
+        assert target is not None and target.src is not None
+        same_src = [f for f in flows if f.orig and f.orig.src == target.src]
+        assert len(list(ct.dump(Filter(src=target.src)))) == len(same_src) > 0
+        assert ct.delete_many(Filter(src=target.src)) == len(same_src)
+        assert len(list(ct.dump())) == len(flows) - len(same_src)

@@ -430,10 +430,7 @@ class FakeClient:
                 return f
         raise NetlinkError.from_errno(errno.ENOENT, "get")
 
-    def _delete_flows(self, flows: list[Flow]) -> list[Flow]:
-        return flows
-
-    def _call(self, flows: list[Flow]) -> int:
+    def delete_flows(self, flows: list[Flow]) -> int:
         self.deleted += flows
         return len(flows)
 

@@ -2017,7 +2017,7 @@ class Runner:
             # Batched deletes of exactly these flows; flows gone meanwhile are not counted
             # (conntrack 1.4.7 fails). Conntrack.delete_many would dump the table again
             # without the kernel-side criteria, so the client's batch step is used directly.
-            deleted = client._call(client._delete_flows(flows))
+            deleted = client.delete_flows(flows)
         except NetlinkError as exc:
             operation_failed(exc, Cmd.DELETE)
         self._write_flows(flows, "delete")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TypeVar
 
 from nfkit.conntrack import const as C
@@ -184,6 +184,10 @@ class AsyncConntrack(ClientCore):
     async def delete_many(self, criteria: Filter | Callable[[Flow], bool] | None = None) -> int:
         """Delete every flow that matches; return how many (see ``Conntrack.delete_many``)."""
         return await self._call(self._op_delete_many(criteria))
+
+    async def delete_flows(self, flows: Iterable[Flow]) -> int:
+        """See :meth:`Conntrack.delete_flows`."""
+        return await self._call(self._delete_flows(list(flows)))
 
     async def flush(
         self,

@@ -906,6 +906,14 @@ class Conntrack(ClientCore):
         """
         return self._call(self._op_delete_many(criteria))
 
+    def delete_flows(self, flows: Iterable[Flow]) -> int:
+        """Delete flows already in hand (e.g. from :meth:`dump`), many per datagram.
+
+        Returns how many this call deleted; flows that vanished meanwhile
+        (ENOENT) are not counted.
+        """
+        return self._call(self._delete_flows(list(flows)))
+
     def flush(
         self,
         family: int | None = None,

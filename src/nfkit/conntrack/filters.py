@@ -362,7 +362,10 @@ class Filter:
         src_type = C.CTA_IP_V4_SRC if family == AF_INET else C.CTA_IP_V6_SRC
         for address, atype, flag in ((src, src_type, C.FILTER_IP_SRC),
                                      (dst, src_type + 1, C.FILTER_IP_DST)):  # fmt: skip
-            if address is not None and address.network is None:
+            # The kernel's IPv6 address comparison is inverted (6.18: a dump
+            # filtered on a flow's own IPv6 address does not return it), so
+            # IPv6 addresses are matched in Python only.
+            if address is not None and address.network is None and family == AF_INET:
                 ip.append(attr(atype, socket.inet_pton(family, address.text)))
                 flags |= flag
         proto: list[bytes] = []
