@@ -644,3 +644,26 @@ def test_lab_compiled_and_generic_agree_on_every_captured_message(lab: Lab) -> N
         (got,) = [flow for flow in decoded if flow.orig == want.orig]
         assert (got.reply, got.mark or None, got.zone, got.labels) == (
             want.reply, want.mark or None, want.zone, want.labels)  # fmt: skip
+
+
+def test_status_keeps_expected_in_updates_only() -> None:
+    import struct
+
+    from nfkit.conntrack import const as C
+    from nfkit.conntrack.codec import encode_flow
+    from nfkit.conntrack.model import Flow, Status, Tuple
+    from nfkit.netlink.codec import attr_spans
+
+    flow = Flow(
+        orig=Tuple(src="192.0.2.1", dst="192.0.2.2", proto=6, sport=20, dport=40000),
+        status=Status.EXPECTED | Status.SEEN_REPLY,
+        timeout=60,
+    )
+
+    def sent_status(create: bool) -> Status:
+        data = encode_flow(flow, create=create)
+        start, _end = attr_spans(data, 0, len(data))[C.CTA_STATUS]
+        return Status(struct.unpack_from("!I", data, start)[0])
+
+    assert sent_status(create=False) == Status.EXPECTED | Status.SEEN_REPLY | Status.CONFIRMED
+    assert sent_status(create=True) == Status.SEEN_REPLY | Status.CONFIRMED

@@ -938,8 +938,10 @@ def encode_flow(flow: Flow, create: bool) -> bytes:
     """The attributes of a CT_NEW request that creates (``create``) or updates ``flow``.
 
     Only attributes ``flow`` has set are sent. The status always includes
-    CONFIRMED and never EXPECTED (the kernel refuses a change of either
-    with EBUSY). NAT ranges and the master tuple only go into creations.
+    CONFIRMED, and EXPECTED only in updates of a flow that has it: the
+    kernel refuses (EBUSY) a status whose CONFIRMED or EXPECTED differs from
+    the entry's, and a creation gets EXPECTED from its master tuple. NAT
+    ranges and the master tuple only go into creations.
 
     Raises:
         EncodeError: a creation lacks its timeout, a labels mask has
@@ -961,7 +963,9 @@ def encode_flow(flow: Flow, create: bool) -> bytes:
     if flow.zone is not None:
         parts.append(attr_be16(C.CTA_ZONE, flow.zone))
     if flow.status is not None:
-        status = (int(flow.status) | Status.CONFIRMED) & ~Status.EXPECTED
+        status = int(flow.status) | Status.CONFIRMED
+        if create:
+            status &= ~Status.EXPECTED
         parts.append(attr_be32(C.CTA_STATUS, status))
     if flow.timeout is not None:
         parts.append(attr_be32(C.CTA_TIMEOUT, flow.timeout))
