@@ -15,6 +15,8 @@ if [ "$profile" = test ]; then
     [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_PCAP.so ] || need="$need ulogd2-pcap"
     have tshark || need="$need tshark"
     have sqlite3 || need="$need sqlite3"
+    have conntrack || need="$need conntrack"
+    have setpriv || need="$need util-linux"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
