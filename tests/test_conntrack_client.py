@@ -786,3 +786,19 @@ def test_ipv6_address_filters_find_and_delete_their_flows(lab: Lab) -> None:
         assert len(list(ct.dump(Filter(src=target.src)))) == len(same_src) > 0
         assert ct.delete_many(Filter(src=target.src)) == len(same_src)
         assert len(list(ct.dump())) == len(flows) - len(same_src)
+
+
+@pytest.mark.lab
+def test_delete_flows_and_delete_many_collect(lab: Lab) -> None:
+    fill_table(lab, lab.a, 40, src_net="203.0.113.0/24")
+    with lab.entered(lab.a), Conntrack() as ct:
+        flows = list(ct.dump())
+        assert ct.delete_flows(flows[:10]) == 10
+        assert ct.delete_flows(flows[:10]) == 0  # already gone: not counted
+        collected: list[Flow] = []
+        wanted = flows[10].orig
+        assert wanted is not None and wanted.src is not None
+        count = ct.delete_many(Filter(src=wanted.src), also=lambda f: True, collect=collected)
+        assert count == len(collected) >= 1
+        assert all(f.orig is not None and f.orig.src == wanted.src for f in collected)
+        assert len(list(ct.dump())) == 30 - count

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -430,8 +430,18 @@ class FakeClient:
                 return f
         raise NetlinkError.from_errno(errno.ENOENT, "get")
 
-    def delete_flows(self, flows: list[Flow]) -> int:
+    def delete_many(
+        self,
+        criteria: Filter,
+        *,
+        also: Callable[[Flow], bool] | None = None,
+        collect: list[Flow] | None = None,
+    ) -> int:
+        self._check()
+        flows = [f for f in self.flows if criteria.matches(f) and (also is None or also(f))]
         self.deleted += flows
+        if collect is not None:
+            collect += flows
         return len(flows)
 
     def flush(self, family: int | None = None) -> None:

@@ -2010,14 +2010,11 @@ class Runner:
         criteria, covered = self.prefilter(with_status=True)
         match = flow_filter(p, networks, covered)
         client = self.client
+        flows: list[Flow] = []
         try:
-            flows = list(client.dump(criteria))
-            if match is not None:
-                flows = [flow for flow in flows if match(flow)]
-            # Batched deletes of exactly these flows; flows gone meanwhile are not counted
-            # (conntrack 1.4.7 fails). Conntrack.delete_many would dump the table again
-            # without the kernel-side criteria, so the client's batch step is used directly.
-            deleted = client.delete_flows(flows)
+            # One filtered flush when the kernel selects exactly the flows to delete, else
+            # batched deletes; flows gone meanwhile are not counted (conntrack 1.4.7 fails).
+            deleted = client.delete_many(criteria, also=match, collect=flows)
         except NetlinkError as exc:
             operation_failed(exc, Cmd.DELETE)
         self._write_flows(flows, "delete")

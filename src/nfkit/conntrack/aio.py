@@ -181,9 +181,15 @@ class AsyncConntrack(ClientCore):
         """Delete one flow (see ``Conntrack.delete``)."""
         await self._call(self._op_delete(key))
 
-    async def delete_many(self, criteria: Filter | Callable[[Flow], bool] | None = None) -> int:
+    async def delete_many(
+        self,
+        criteria: Filter | Callable[[Flow], bool] | None = None,
+        *,
+        also: Callable[[Flow], bool] | None = None,
+        collect: list[Flow] | None = None,
+    ) -> int:
         """Delete every flow that matches; return how many (see ``Conntrack.delete_many``)."""
-        return await self._call(self._op_delete_many(criteria))
+        return await self._call(self._op_delete_many(criteria, also, collect))
 
     async def delete_flows(self, flows: Iterable[Flow]) -> int:
         """See :meth:`Conntrack.delete_flows`."""

@@ -595,55 +595,70 @@ class ClientCore:
         message = request(C.CT_DELETE, 0, key.family, lookup_attributes(key))
         yield from self._ack(message, "conntrack delete", {errno.ENOENT: "no such flow"})
 
-    def _op_delete_many(self, criteria: Filter | Callable[[Flow], bool] | None) -> Call[int]:
-        if isinstance(criteria, Filter) and not criteria.is_empty:
-            flushed = yield from self._flush_exact(criteria)
-            if flushed is not None:
-                return flushed
-        if criteria is None or isinstance(criteria, Filter):
-            flows = yield from gather(self._op_dump(criteria or Filter(), None, None,
-                                                    "conntrack", False))  # fmt: skip
+    def _op_delete_many(
+        self,
+        criteria: Filter | Callable[[Flow], bool] | None,
+        also: Callable[[Flow], bool] | None = None,
+        collect: list[Flow] | None = None,
+    ) -> Call[int]:
+        flt = criteria if isinstance(criteria, Filter) else Filter()
+        predicate = criteria if callable(criteria) and not isinstance(criteria, Filter) else None
+        checks = [check for check in (predicate, also) if check is not None]
+
+        def accept(flow: Flow) -> bool:
+            return all(check(flow) for check in checks)
+
+        plan = None if flt.is_empty else self._flush_plan(flt)
+        if plan is None:
+            flows = yield from gather(self._op_dump(flt, None, None, "conntrack", False))
+            flows = [flow for flow in flows if accept(flow)] if checks else flows
+            exact = False
         else:
-            flows = [
-                flow
-                for flow in (yield from gather(self._op_dump(0, None, None, "conntrack", False)))
-                if criteria(flow)
-            ]
-        return (yield from self._delete_flows(flows))
+            flows, exact = yield from self._selected(flt, accept, *plan)
+        if collect is not None:
+            collect += flows
+        if not exact:
+            return (yield from self._delete_flows(flows))
+        if flows:
+            family, attributes = plan  # type: ignore[misc]
+            flush = request(C.CT_DELETE, 0, family, attributes, version=C.NFNETLINK_V1)
+            yield from self._ack(flush, "conntrack flush")
+        return len(flows)
 
-    def _flush_exact(self, flt: Filter) -> Call[int | None]:
-        """Delete ``flt``'s flows with one filtered flush, when that is exact.
+    def _flush_plan(self, flt: Filter) -> tuple[int, bytes] | None:
+        """The family and kernel attributes of a flush that could delete ``flt``'s flows.
 
-        A dump with the kernel's share of the filter tells whether the
-        kernel selects exactly the matching flows (every flow it returns
-        passes the Python check); then a flush with the same attributes
-        deletes them in the kernel, with no request per flow. Returns the
-        number of flows, or None when a flush would not be exact (criteria
-        the kernel cannot apply, or a kernel without flush filters).
+        None when the kernel cannot scope a flush that way (CTA_FILTER, 5.8,
+        scopes it to one family; criteria it would ignore must not be sent).
         """
         family = flt.effective_family
         parts = self.kernel_filters & (_flush_parts(kernel_release()) | KernelFilter.TUPLE)
         if not family or KernelFilter.TUPLE not in self.kernel_filters:
-            return None  # CTA_FILTER (5.8) scopes a flush to one family
-        attributes, used = flt.merged(family=family).kernel_attributes(parts)
-        if not used:
             return None
-        selected = matched = 0
+        attributes, used = flt.merged(family=family).kernel_attributes(parts)
+        return (family, attributes) if used else None
 
-        def count(items: list[Flow], _others: list[Message]) -> list[Flow]:
-            nonlocal selected, matched
+    def _selected(
+        self, flt: Filter, accept: Callable[[Flow], bool], family: int, attributes: bytes
+    ) -> Call[tuple[list[Flow], bool]]:
+        """The flows a dump with ``attributes`` selects that pass the checks.
+
+        The second value says whether the kernel selected exactly those (every
+        flow it returned passed): then a flush with the same attributes deletes
+        them in the kernel, with no request per flow.
+        """
+        selected = 0
+        kept: list[Flow] = []
+
+        def pick(items: list[Flow], _others: list[Message]) -> list[Flow]:
+            nonlocal selected
             selected += len(items)
-            matched += sum(1 for flow in items if flt.matches(flow))
+            kept.extend(flow for flow in items if flt.matches(flow) and accept(flow))
             return []
 
         message = request(C.CT_GET, 0, family, attributes)
-        yield from gather(self._dump(message, "conntrack dump", _DUMP_HINTS, count))
-        if matched != selected:
-            return None
-        if matched:
-            flush = request(C.CT_DELETE, 0, family, attributes, version=C.NFNETLINK_V1)
-            yield from self._ack(flush, "conntrack flush")
-        return matched
+        yield from gather(self._dump(message, "conntrack dump", _DUMP_HINTS, pick))
+        return kept, len(kept) == selected
 
     def _delete_flows(self, flows: list[Flow]) -> Call[int]:
         deleted = 0
@@ -896,15 +911,23 @@ class Conntrack(ClientCore):
         """
         self._call(self._op_delete(key))
 
-    def delete_many(self, criteria: Filter | Callable[[Flow], bool] | None = None) -> int:
+    def delete_many(
+        self,
+        criteria: Filter | Callable[[Flow], bool] | None = None,
+        *,
+        also: Callable[[Flow], bool] | None = None,
+        collect: list[Flow] | None = None,
+    ) -> int:
         """Delete every flow that matches; return how many this call deleted.
 
         ``criteria`` is a :class:`Filter` (pushed into the kernel's dump as
-        far as possible) or any predicate on flows. The matching flows are
-        dumped first, then deleted with many CT_DELETE requests per datagram;
-        flows that vanished meanwhile (ENOENT) are not counted.
+        far as possible) or any predicate on flows; ``also`` is one more
+        predicate. The matching flows are dumped first, then deleted: by one
+        filtered flush when the kernel's filter selected exactly them, else
+        with many CT_DELETE requests per datagram (flows that vanished
+        meanwhile are not counted). ``collect`` receives the matching flows.
         """
-        return self._call(self._op_delete_many(criteria))
+        return self._call(self._op_delete_many(criteria, also, collect))
 
     def delete_flows(self, flows: Iterable[Flow]) -> int:
         """Delete flows already in hand (e.g. from :meth:`dump`), many per datagram.
