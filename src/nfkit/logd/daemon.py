@@ -91,7 +91,9 @@ class Pidfile:
                 ) from None
             raise
         self.fd = fd
-        self.write()
+        # Emptied now, written once the pid is final (after daemonizing), so
+        # nobody reads the pid of a parent that is about to exit.
+        os.ftruncate(fd, 0)
 
     def write(self) -> None:
         """(Re)write our pid, e.g. after daemonizing changed it."""
@@ -192,8 +194,8 @@ class Daemon:
         try:
             if self.options.daemon:
                 _daemonize()
-                if self.pidfile is not None:
-                    self.pidfile.write()
+            if self.pidfile is not None:
+                self.pidfile.write()
             pipeline.start()
             self._drop_privileges()
             for signo in (signal.SIGTERM, signal.SIGINT):
