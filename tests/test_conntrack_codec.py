@@ -10,16 +10,21 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctlab import fill_table, varied_table
+from nfkit.cli.ctformat import FlowText, LabelMap
 from nfkit.conntrack import const as C
 from nfkit.conntrack.client import open_socket
 from nfkit.conntrack.codec import (
+    FLOW_SCHEMA,
     Decoder,
+    FlowTarget,
+    FlowValues,
     decode_cpu_stats,
     decode_expectation,
     decode_flow,
@@ -423,6 +428,156 @@ def test_layout_module_is_generic() -> None:
         walk(attr(1, b"\x01"), 0, 5, schema)  # a be16 of one byte
 
 
+# -- flow targets ----------------------------------------------------------------------------
+
+
+def l4_of(proto: int, family: int, reply: bool) -> list[bytes]:
+    if proto in (1, 58):
+        types = (C.CTA_PROTO_ICMP_ID, C.CTA_PROTO_ICMP_TYPE, C.CTA_PROTO_ICMP_CODE)
+        if family == AF_INET6:
+            types = (C.CTA_PROTO_ICMPV6_ID, C.CTA_PROTO_ICMPV6_TYPE, C.CTA_PROTO_ICMPV6_CODE)
+        kind = (0 if reply else 8) if proto == 1 else (129 if reply else 128)
+        return [attr_be16(types[0], 77), attr_u8(types[1], kind), attr_u8(types[2], 0)]
+    if proto == 253:
+        return []
+    return ports(53, 40000) if reply else ports(40000, 53)
+
+
+INFOS = {
+    6: [C.CTA_PROTOINFO_TCP, attr_u8(C.CTA_PROTOINFO_TCP_STATE, 3),
+        attr(C.CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, bytes((0x0A, 0)))],
+    132: [C.CTA_PROTOINFO_SCTP, attr_u8(1, 4), attr_be32(2, 5), attr_be32(3, 6)],
+    33: [C.CTA_PROTOINFO_DCCP, attr_u8(1, 42), attr_u8(2, 1)],  # state 42: past the names
+}  # fmt: skip
+RARE = {
+    "zone": attr_be16(C.CTA_ZONE, 3),
+    "helper": attr_nested(C.CTA_HELP, [attr(C.CTA_HELP_NAME, b"ftp\0")]),
+    "secctx": attr_nested(C.CTA_SECCTX, [attr(C.CTA_SECCTX_NAME, b"system_u\0")]),
+    "labels": attr(C.CTA_LABELS, (1 << 3).to_bytes(16, "little")),
+    "stop": attr_nested(C.CTA_TIMESTAMP, [attr_be64(C.CTA_TIMESTAMP_START, 10 << 30),
+                                          attr_be64(C.CTA_TIMESTAMP_STOP, 20 << 30)]),
+    "orig zone": b"",
+    "no reply": b"",
+    "no status": b"",
+    "no mark": b"",
+    "no state": b"",
+}  # fmt: skip
+
+
+def shaped_message(proto: int, family: int, extras: tuple[str, ...], status: int = 0x18A) -> bytes:
+    """A flow message with the attributes named in ``extras`` (see RARE) and a few common ones."""
+    v4 = family == AF_INET
+    a, b = ("192.0.2.1", "192.0.2.2") if v4 else ("2001:db8::1", "2001:db8::2")
+    orig = kernel_tuple(C.CTA_TUPLE_ORIG, family, a, b, proto, l4_of(proto, family, False))
+    if "orig zone" in extras:
+        orig = attr_nested(C.CTA_TUPLE_ORIG, [orig[4:], attr_be16(C.CTA_TUPLE_ZONE, 4)])
+    parts = [orig]
+    if "no reply" not in extras:
+        parts.append(kernel_tuple(C.CTA_TUPLE_REPLY, family, b, a, proto,
+                                  l4_of(proto, family, True)))  # fmt: skip
+    if "no status" not in extras:
+        parts.append(attr_be32(C.CTA_STATUS, status))
+    if "no mark" not in extras:
+        parts.append(attr_be32(C.CTA_MARK, 7))
+    parts += [attr_be32(C.CTA_USE, 1), attr_be32(C.CTA_ID, 99)]
+    if "timeout" in extras:
+        parts.append(attr_be32(C.CTA_TIMEOUT, 120))
+    if proto in INFOS:
+        nest, *children = INFOS[proto]
+        if "no state" in extras:
+            children = children[1:]
+        parts.append(attr_nested(C.CTA_PROTOINFO, [attr_nested(nest, children)]))
+    if "counters" in extras:
+        parts += [counters(C.CTA_COUNTERS_ORIG, 5, 300), counters(C.CTA_COUNTERS_REPLY, 4, 200)]
+    if "start" in extras:
+        parts.append(attr_nested(C.CTA_TIMESTAMP, [attr_be64(C.CTA_TIMESTAMP_START, 10 << 30)]))
+    parts += [RARE[name] for name in extras if name in RARE]
+    return message(parts, family=family)
+
+
+def shaped_messages() -> list[bytes]:
+    """Flow messages of many layouts: every protocol the lines know, with and without
+    each optional part, each rare one, and statuses that print differently."""
+    protos = [(6, AF_INET), (17, AF_INET), (17, AF_INET6), (136, AF_INET), (132, AF_INET),
+              (33, AF_INET), (47, AF_INET), (1, AF_INET), (58, AF_INET6),
+              (253, AF_INET)]  # fmt: skip
+    common = [(), ("timeout",), ("timeout", "counters"), ("timeout", "start"),
+              ("timeout", "counters", "start")]  # fmt: skip
+    messages = []
+    for proto, family in protos:
+        for extras in common + [("timeout", rare) for rare in RARE]:
+            messages.append(shaped_message(proto, family, extras))
+        for status in (0x8, 0x4008, 0x800E, 0x400E):  # unreplied, offloaded, assured
+            messages.append(shaped_message(proto, family, ("timeout",), status))
+    return messages
+
+
+def test_flow_targets_make_of_every_layout_what_they_make_of_its_flows() -> None:
+    def compile_ports(values: FlowValues) -> tuple[str, dict[str, object]] | None:
+        if values.constant("orig.proto") != 6:
+            return None  # the other flows are converted
+        sport, status = (values.get(name) or "None" for name in ("orig.sport", "status"))
+        return f"(PORT_BASE + ({sport} or 0), {status} or 0)", {"PORT_BASE": 100000}
+
+    target = FlowTarget(
+        lambda flow: (100000 + (flow.orig.sport or 0), int(flow.status or 0)), compile_ports
+    )
+    batch = b"".join(shaped_messages())
+    decoder = Decoder(target=target)
+    first, _ = decoder.decode(batch)
+    again, _ = decoder.decode(batch)  # compiled now
+    flows = decode_all(batch, compiled=False)
+    assert first == again == [target.convert(flow) for flow in flows]
+    with pytest.raises(ValueError, match="redefines"):
+        Decoder(target=FlowTarget(repr, lambda values: ("Flow", {"Flow": 1}))).decode(
+            batch[: len(shaped_message(6, AF_INET, ()))]
+        )
+    with pytest.raises(ValueError):
+        Decoder(events=True, target=target)
+
+
+def test_flow_values_name_model_fields_with_plain_numbers() -> None:
+    layout = analyse(REAL_TCP, 0, len(REAL_TCP), FLOW_SCHEMA, 20, ())
+    assert layout is not None
+    values = FlowValues(layout.fields, layout.nests, AF_INET)
+    assert values.constant("orig.proto") == values.constant("reply.proto") == 6  # pinned
+    assert values.constant("orig.sport") is None and values.get("orig.sport") is not None
+    assert values.protoinfo is TCPInfo and values.get("helper") is None
+    assert values.get("status") == layout.fields["status"][0]  # an int, not a Status
+    assert values.get("orig.src") == f"ADDRESSES[{layout.fields['orig.ip.v4_src'][0]}]"
+    assert values.get("counters_orig") is not None and values.get("counters_orig.packets")
+
+
+LINE_OPTIONS = [{}, {"layer3": True}, {"show_id": True}, {"ktimestamp": True},
+                {"labels": LabelMap({3: "three"})},
+                {"layer3": True, "ktimestamp": True, "show_id": True}]  # fmt: skip
+
+
+def assert_lines_match(datagrams: list[bytes], options: dict[str, Any]) -> None:
+    """FlowText's target gives the lines FlowText gives the decoded flows, first (generic
+    path) and once compiled."""
+    text = FlowText(**options)
+    converted: list[Flow] = []
+    target = FlowTarget(lambda flow: converted.append(flow) or text.line(flow), text.target.compile)
+    decoder = Decoder(target=target)
+    flows = [flow for data in datagrams for flow in Decoder(compiled=False).decode(data)[0]]
+    for _round in range(2):
+        converted.clear()
+        before = [text.generic_line(flow) for flow in flows]
+        lines = [line for data in datagrams for line in decoder.decode(data)[0]]
+        after = [text.generic_line(flow) for flow in flows]
+        # a second may pass between the lines (delta-time): either side's text will do
+        pairs = zip(before, after, strict=True)
+        assert all(line in pair for line, pair in zip(lines, pairs, strict=True))
+    assert 0 < len(converted) < len(flows) / 2  # most lines came straight from the messages
+
+
+@pytest.mark.parametrize("options", LINE_OPTIONS)
+def test_line_target_gives_the_flows_lines(options: dict[str, Any]) -> None:
+    messages = shaped_messages()
+    assert_lines_match(messages + messages[::-1], options)
+
+
 # -- malformed input -------------------------------------------------------------------------
 
 
@@ -644,6 +799,18 @@ def test_lab_compiled_and_generic_agree_on_every_captured_message(lab: Lab) -> N
         (got,) = [flow for flow in decoded if flow.orig == want.orig]
         assert (got.reply, got.mark or None, got.zone, got.labels) == (
             want.reply, want.mark or None, want.zone, want.labels)  # fmt: skip
+
+
+@pytest.mark.lab
+def test_lab_line_target_gives_the_flows_lines(lab: Lab) -> None:
+    """On every layout of a real table: -L's lines straight from the messages."""
+    varied_table(lab)  # acct, timestamps, labels, zones, every protocol
+    fill_table(lab, lab.a, 500, family=4, proto="tcp", mark=3)
+    fill_table(lab, lab.a, 500, family=6, proto="udp")
+    lab.ping(lab.a, lab.b.ip4)
+    datagrams = capture_dump(lab, lab.a)
+    for options in LINE_OPTIONS:
+        assert_lines_match(datagrams, options)
 
 
 def test_status_keeps_expected_in_updates_only() -> None:

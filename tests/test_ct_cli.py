@@ -33,6 +33,7 @@ from nfkit.cli.conntrack import (
     update_filter,
 )
 from nfkit.cli.main import main as nfkit_main
+from nfkit.conntrack.codec import FlowTarget
 from nfkit.conntrack.filters import Filter
 from nfkit.conntrack.model import (
     AF_INET,
@@ -421,6 +422,10 @@ class FakeClient:
         self._check()
         flt = criteria if isinstance(criteria, Filter) else Filter(family=criteria)
         return iter([f for f in self.flows if flt.matches(f)])
+
+    def dump_as(self, target: FlowTarget[str], criteria: Filter | int = 0,
+                **options: Any) -> Iterator[str]:  # fmt: skip
+        return map(target.convert, self.dump(criteria))
 
     def get(self, key: Tuple | Flow, zone: int | None = None) -> Flow:
         self._check()

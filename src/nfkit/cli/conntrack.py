@@ -1893,8 +1893,7 @@ class Runner:
         kernel timestamps; -D and -U write XML flows without a document.
         """
         output = self.parsed.output
-        labels = self.parsed.labelmap if context != "delete" else None
-        ktimestamp = bool(output & Output.KTIMESTAMP) and context in ("dump", "event")
+        labels, ktimestamp = self._shown(context)
         if output & Output.SAVE:
             kind = {"dump": EventType.NEW, "update": EventType.NEW, "delete": EventType.DESTROY}
 
@@ -1912,13 +1911,23 @@ class Runner:
                 return fmt.flow_xml(flow, event, ktimestamp=ktimestamp, when=when, labels=labels)
 
             return xml
-        text = fmt.FlowText(
+        return self.flow_text(context).line
+
+    def flow_text(self, context: str) -> fmt.FlowText:
+        """The default line format of flows in ``context`` (see :meth:`flow_printer`)."""
+        output = self.parsed.output
+        labels, ktimestamp = self._shown(context)
+        return fmt.FlowText(
             layer3=bool(output & Output.EXTENDED),
             ktimestamp=ktimestamp,
             show_id=bool(output & Output.ID),
             labels=labels,
         )
-        return text.line
+
+    def _shown(self, context: str) -> tuple[fmt.LabelMap | None, bool]:
+        """The label map (None: no labels) and whether kernel timestamps show in ``context``."""
+        ktimestamp = bool(self.parsed.output & Output.KTIMESTAMP) and context in ("dump", "event")
+        return (self.parsed.labelmap if context != "delete" else None), ktimestamp
 
     def expectation_printer(self) -> Callable[[Expectation, EventType | None], str]:
         output = self.parsed.output
@@ -1938,10 +1947,13 @@ class Runner:
 
     def _write_flows(self, flows: Iterable[Flow], context: str) -> None:
         """Print the flows (one line each), counting them."""
-        show = self.flow_printer(context)
-        remaining = iter(flows)
+        self._write_lines(map(self.flow_printer(context), flows, itertools.repeat(None)))
+
+    def _write_lines(self, lines: Iterable[str]) -> None:
+        """Print the lines of flows, counting them."""
+        remaining = iter(lines)
         while chunk := list(itertools.islice(remaining, _CHUNK)):
-            self.out.write(fmt.join_lines(list(map(show, chunk, itertools.repeat(None)))))
+            self.out.write(fmt.join_lines(chunk))
             self.count += len(chunk)
 
     # -- what the kernel filters ------------------------------------------------------------
@@ -1984,9 +1996,16 @@ class Runner:
         if conntrack and p.options & Opt.STATUS and not (t.status or 0) | t.status_clear:
             # conntrack sends a zero status mask, which the kernel refuses
             operation_failed(OSError(errno.EINVAL, ""), Cmd.LIST)
+        reset = zero and conntrack
         try:
-            flows = self.client.dump(criteria, table=p.table, reset_counters=zero and conntrack)
-            self._write_flows(flows if match is None else filter(match, flows), "dump")
+            if match is None and not p.output & (Output.SAVE | Output.XML):
+                # the lines straight from the messages, without Flow objects
+                target = self.flow_text("dump").target
+                self._write_lines(self.client.dump_as(target, criteria, table=p.table,
+                                                      reset_counters=reset))  # fmt: skip
+            else:
+                flows = self.client.dump(criteria, table=p.table, reset_counters=reset)
+                self._write_flows(flows if match is None else filter(match, flows), "dump")
         except NetlinkError as exc:
             operation_failed(exc, Cmd.LIST)
         self._close_xml()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nfkit.conntrack.codec import FlowTarget, FlowValues
 from nfkit.conntrack.model import (
     AF_INET,
     AF_INET6,
@@ -299,69 +300,118 @@ class FlowText:
         proto = None if o is None else o.proto
         if o is None or proto is None or (self.labels is not None and self.ktimestamp):
             return lambda f, now: self.generic_line(f, event, now)
+        info = flow.protoinfo.__class__ if flow.protoinfo is not None else None
+        text, needs = self._template(
+            event, proto, info, flow.timeout is not None, flow.counters_orig is not None,
+            flow.start is not None, _FLOW_VALUES.__getitem__,
+            "(int(time()) if now is None else now)",
+        )  # fmt: skip
         shape = [f"o.proto != {proto}", "f.protoinfo.__class__ is not INFO",
                  f"(f.timeout is None) is not {flow.timeout is None}",
                  f"(f.counters_orig is None) is not {flow.counters_orig is None}",
                  f"(f.start is None) is not {flow.start is None}"]  # fmt: skip
-        rare = ["r is None", "f.status is None", "f.mark is None", "f.use is None",
-                "f.zone is not None", "f.secctx is not None", "f.helper is not None",
-                "f.stop is not None", "o.zone is not None", "r.zone is not None",
-                "o.family not in L3", "r.family != o.family"]  # fmt: skip
-        text = [_EVENT_TAGS[event] if event else ""]
-        if self.layer3:
-            text.append("{L3_COLUMNS[o.family]}")
-        text.append(_PROTO_COLUMNS.get(proto) or f"{'unknown':<8} {proto} ")
-        if flow.timeout is not None:
-            text.append("{f.timeout} ")
-        info = flow.protoinfo
-        if info is not None:
-            rare.append("f.protoinfo.state is None")
-            text.append("{STATES[f.protoinfo.state]}")
-        text.append("src={o.src} dst={o.dst} " + _compiled_l4(proto, "o"))
-        if flow.counters_orig is not None:
-            rare.append("f.counters_reply is None")
-            text.append("packets={f.counters_orig.packets} bytes={f.counters_orig.bytes} ")
-        else:
-            rare.append("f.counters_reply is not None")
-        text.append("{'' if status & 2 else '[UNREPLIED] '}")
-        text.append("src={r.src} dst={r.dst} " + _compiled_l4(proto, "r"))
-        if flow.counters_orig is not None:
-            text.append("packets={f.counters_reply.packets} bytes={f.counters_reply.bytes} ")
-        text.append(
-            "{'[HW_OFFLOAD] ' if status & 0x8000 else '[OFFLOAD] ' if status & 0x4000"
-            " else '[ASSURED] ' if status & 4 else ''}mark={f.mark} "
-        )
-        if flow.start is not None:
-            text.append(
-                "delta-time={((int(time()) if now is None else now) - f.start // NS) & U64} "
-            )
-            if self.ktimestamp:
-                text.append("[start={ctime(f.start // NS)}] ")
-        text.append("use={f.use} ")
-        if self.show_id:
-            rare.append("f.id is None")
-            text.append("id={f.id} ")
-        if self.labels is not None:
-            rare.append("f.labels is not None")
+        rare = [f"{_FLOW_VALUES[name]} is {'None' if present else 'not None'}"
+                for name, present in needs]  # fmt: skip
+        rare += ["o.family not in L3", "r.family != o.family", "r.proto != o.proto"]
         source = (
             "def line(f, now):\n"
             "    o = f.orig\n"
             "    r = f.reply\n"
             f"    if o is None or {' or '.join(shape)}:\n"
             "        return None\n"
+            "    status = f.status\n"
             f"    if {' or '.join(rare)}:\n"
             "        return generic(f, event, now)\n"
-            "    status = f.status.__index__()\n"
-            f"    return f{''.join(text)!r}[:-1]\n"
+            "    status = status.__index__()  # IntFlag operators are slow\n"
+            f"    return f{text!r}\n"
         )
-        scope: dict[str, Any] = {
-            "generic": self.generic_line, "event": event, "L3": L3_NAMES, "time": time.time,
-            "L3_COLUMNS": _L3_COLUMNS, "NS": NSEC_PER_SEC, "U64": _U64, "ctime": time.ctime,
-            "INFO": info.__class__, "STATES": _STATE_COLUMNS.get(info.__class__),
-        }  # fmt: skip
+        scope = {"generic": self.generic_line, "event": event, "L3": L3_NAMES,
+                 "INFO": flow.protoinfo.__class__, **_line_names(info)}  # fmt: skip
         exec(compile(source, "<conntrack line format>", "exec"), scope)
         compiled: Callable[[Flow, int | None], str] = scope["line"]
         return compiled
+
+    def _compile_layout(self, values: FlowValues) -> tuple[str, dict[str, Any]] | None:
+        """:meth:`line` of the flow messages of one layout, straight from their values
+        (:attr:`target`); None for layouts whose lines :meth:`line` makes generically."""
+        proto = values.constant("orig.proto")
+        if (
+            proto is None
+            or values.constant("reply.proto") != proto
+            or values.family not in L3_NAMES
+            or (self.labels is not None and self.ktimestamp)
+        ):
+            return None
+        text, needs = self._template(
+            None, proto, values.protoinfo, values.get("timeout") is not None,
+            values.get("counters_orig") is not None, values.get("start") is not None,
+            lambda name: values.get(name) or "None", "int(time())",
+        )  # fmt: skip
+        if any((values.get(name) is not None) is not present for name, present in needs):
+            return None
+        return f"f{text!r}", _line_names(values.protoinfo)
+
+    @property
+    def target(self) -> FlowTarget[str]:
+        """Flows decoded straight into lines (a :class:`~nfkit.conntrack.codec.FlowTarget`)."""
+        return FlowTarget(self.line, self._compile_layout)
+
+    def _template(
+        self,
+        event: EventType | None,
+        proto: int,
+        info: type | None,
+        timeout: bool,
+        counters: bool,
+        start: bool,
+        value: Callable[[str], str],
+        now: str,
+    ) -> tuple[str, list[tuple[str, bool]]]:
+        """The f-string of the lines of one shape, and the values it needs present (True)
+        or absent (False); lines lacking one are made by generic_line.
+
+        Parameters:
+            proto, info: the protocol and the class of the protocol info (or None).
+            timeout, counters, start: whether the flows have them.
+            value: the expression of a value by its model name (``"orig.src"``).
+            now: the expression of the current time in seconds.
+        """
+        needs = [("reply", True), ("status", True), ("mark", True), ("use", True),
+                 ("zone", False), ("secctx", False), ("helper", False), ("stop", False),
+                 ("orig.zone", False), ("reply.zone", False)]  # fmt: skip
+        status = value("status")
+        text = [_EVENT_TAGS[event] if event else ""]
+        if self.layer3:
+            text.append(f"{{L3_COLUMNS[{value('orig.family')}]}}")
+        text.append(_PROTO_COLUMNS.get(proto) or f"{'unknown':<8} {proto} ")
+        if timeout:
+            text.append(f"{{{value('timeout')}}} ")
+        if info is not None:
+            needs.append(("protoinfo.state", True))
+            text.append(f"{{STATES[{value('protoinfo.state')}]}}")
+        text.append(_tuple_template(proto, "orig", value))
+        needs.append(("counters_reply", counters))
+        if counters:
+            text.append(_counters_template("counters_orig", value))
+        text.append(f"{{'' if {status} & 2 else '[UNREPLIED] '}}")
+        text.append(_tuple_template(proto, "reply", value))
+        if counters:
+            text.append(_counters_template("counters_reply", value))
+        text.append(
+            f"{{'[HW_OFFLOAD] ' if {status} & 0x8000 else '[OFFLOAD] ' if {status} & 0x4000"
+            f" else '[ASSURED] ' if {status} & 4 else ''}}mark={{{value('mark')}}} "
+        )
+        if start:
+            text.append(f"delta-time={{({now} - {value('start')} // NS) & U64}} ")
+            if self.ktimestamp:
+                text.append(f"[start={{ctime({value('start')} // NS)}}] ")
+        text.append(f"use={{{value('use')}}} ")
+        if self.show_id:
+            needs.append(("id", True))
+            text.append(f"id={{{value('id')}}} ")
+        if self.labels is not None:
+            needs.append(("labels", False))
+        return "".join(text)[:-1], needs  # conntrack drops the line's last blank
 
     def generic_line(
         self, flow: Flow, event: EventType | None = None, now: int | None = None
@@ -433,24 +483,52 @@ class FlowText:
 _PROTO_COLUMNS = {number: f"{name:<8} {number} " for number, name in L4_NAMES.items()}
 _L3_COLUMNS = {family: f"{name:<8} {family} " for family, name in L3_NAMES.items()}
 # "NAME " for every u8 state value, per protocol info class (names past the table: NONE)
-_STATE_COLUMNS: dict[type, list[str]] = {
+_STATE_COLUMNS: dict[type | None, list[str]] = {
     kind: [state_name(names, value) + " " for value in range(256)]
     for kind, names in ((TCPInfo, TCP_STATES), (SCTPInfo, SCTP_STATES), (DCCPInfo, DCCP_STATES))
 }
 
 
-def _compiled_l4(proto: int, var: str) -> str:
-    """The f-string text of a tuple's protocol part (see _tuple_text)."""
+#: Where a Flow's compiled line finds the values of _template (f: the flow, o and r:
+#: its tuples, status: its status as an int).
+_FLOW_VALUES = {
+    "reply": "r", "status": "status", "timeout": "f.timeout", "mark": "f.mark",
+    "use": "f.use", "id": "f.id", "zone": "f.zone", "secctx": "f.secctx", "helper": "f.helper",
+    "start": "f.start", "stop": "f.stop", "labels": "f.labels",
+    "protoinfo.state": "f.protoinfo.state", "counters_reply": "f.counters_reply",
+    **{f"{counters}.{name}": f"f.{counters}.{name}"
+       for counters in ("counters_orig", "counters_reply") for name in ("packets", "bytes")},
+    **{f"{direction}.{name}": f"{var}.{name}"
+       for direction, var in (("orig", "o"), ("reply", "r"))
+       for name in ("family", "src", "dst", "sport", "dport", "icmp_type", "icmp_code",
+                    "icmp_id", "zone")},
+}  # fmt: skip
+
+
+def _line_names(info: type | None) -> dict[str, Any]:
+    """The names a compiled line uses (for lines of flows with protocol info ``info``)."""
+    return {"L3_COLUMNS": _L3_COLUMNS, "NS": NSEC_PER_SEC, "U64": _U64, "ctime": time.ctime,
+            "time": time.time, "STATES": _STATE_COLUMNS.get(info)}  # fmt: skip
+
+
+def _tuple_template(proto: int, direction: str, value: Callable[[str], str]) -> str:
+    """The f-string of a tuple's addresses and protocol part (see _tuple_text)."""
+    names = ("src", "dst", "sport", "dport", "icmp_type", "icmp_code", "icmp_id")
+    src, dst, sport, dport, icmp_type, icmp_code, icmp_id = (
+        value(f"{direction}.{name}") for name in names
+    )
+    text = f"src={{{src}}} dst={{{dst}}} "
     if proto in PORT_PROTOCOLS:
-        return f"sport={{{var}.sport or 0}} dport={{{var}.dport or 0}} "
+        return text + f"sport={{{sport} or 0}} dport={{{dport} or 0}} "
     if proto == IPPROTO_GRE:
-        return f"srckey={{{var}.sport or 0:#x}} dstkey={{{var}.dport or 0:#x}} "
+        return text + f"srckey={{{sport} or 0:#x}} dstkey={{{dport} or 0:#x}} "
     if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-        return (
-            f"type={{{var}.icmp_type or 0}} code={{{var}.icmp_code or 0}} "
-            f"id={{{var}.icmp_id or 0}} "
-        )
-    return ""
+        return text + f"type={{{icmp_type} or 0}} code={{{icmp_code} or 0}} id={{{icmp_id} or 0}} "
+    return text
+
+
+def _counters_template(counters: str, value: Callable[[str], str]) -> str:
+    return f"packets={{{value(counters + '.packets')}}} bytes={{{value(counters + '.bytes')}}} "
 
 
 _SEEN_REPLY = int(Status.SEEN_REPLY)

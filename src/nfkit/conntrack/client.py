@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from nfkit.conntrack import const as C
 from nfkit.conntrack.codec import (
     Decoder,
+    FlowTarget,
     decode_cpu_stats,
     decode_global_stats,
     encode_expectation,
@@ -360,6 +361,7 @@ class ClientCore:
         #: Filter parts the kernel refused, with its error (for diagnostics).
         self.refused: dict[KernelFilter, NetlinkError] = {}
         self.decoder = Decoder(compiled=compiled)
+        self._target_decoder: Decoder | None = None  # of the last dump_as target
         self._idle: list[Exchange] = [Exchange(self._factory())]
         self._closed = False
 
@@ -457,15 +459,18 @@ class ClientCore:
         operation: str,
         hints: dict[int, str] | None = None,
         pick: Callable[[list[Any], list[Message]], list[T]] = lambda items, _others: items,
+        decoder: Decoder | None = None,
     ) -> Stream[T]:
         """Stream a dump: per datagram, what ``pick`` keeps of its decoded
-        objects and its other messages (by default the objects).
+        objects and its other messages (by default the objects); ``decoder``
+        replaces the client's.
 
         Raises (while iterating):
             NetlinkError: the kernel refused the dump (before any datagram).
             DumpInterrupted: the kernel flagged the dump inconsistent.
         """
         message.flags |= NLM_F_DUMP
+        decode = (decoder or self.decoder).decode
         channel = self._acquire()
         finished = False
         try:
@@ -475,7 +480,7 @@ class ClientCore:
                 data = yield channel
                 if _seq_of(data) != seq:
                     continue
-                items, others = self.decoder.decode(data)
+                items, others = decode(data)
                 rest = []
                 for other in others:
                     if other.type == NLMSG_DONE:
@@ -517,18 +522,22 @@ class ClientCore:
         reply: Tuple | None,
         table: str,
         reset_counters: bool,
+        target: FlowTarget[Any] | None = None,
         **extra: int | None,
-    ) -> Stream[Flow]:
-        """Check the arguments of a dump (see :meth:`Conntrack.dump`) and plan it."""
+    ) -> Stream[Any]:
+        """Check the arguments of a dump (see :meth:`Conntrack.dump` and
+        :meth:`Conntrack.dump_as`) and plan it."""
         flt = _combine(criteria, orig, reply, **extra)
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r} (conntrack, dying, unconfirmed)")
         if reset_counters and table != "conntrack":
             raise ValueError("reset_counters only applies to the conntrack table")
         mtype = C.CT_GET_CTRZERO if reset_counters else TABLES[table]
-        return self._dump_flows(flt, mtype, table == "conntrack")
+        return self._dump_flows(flt, mtype, table == "conntrack", target)
 
-    def _dump_flows(self, flt: Filter, mtype: int, kernel_side: bool) -> Stream[Flow]:
+    def _dump_flows(
+        self, flt: Filter, mtype: int, kernel_side: bool, target: FlowTarget[Any] | None
+    ) -> Stream[Any]:
         match = None if flt.is_empty else flt.matches
         family = flt.effective_family
         # CTA_FILTER needs a family: with tuple criteria but none given, ask per family.
@@ -538,7 +547,7 @@ class ClientCore:
             if used:
                 families = [AF_INET, AF_INET6]
         for dump_family in families:
-            yield from self._filtered_dump(flt, mtype, dump_family, kernel_side, match)
+            yield from self._filtered_dump(flt, mtype, dump_family, kernel_side, match, target)
 
     def _filtered_dump(
         self,
@@ -547,22 +556,33 @@ class ClientCore:
         family: int,
         kernel_side: bool,
         match: Callable[[Flow], bool] | None,
-    ) -> Stream[Flow]:
-        """The matching flows of a dump with as many kernel criteria as work."""
+        target: FlowTarget[Any] | None,
+    ) -> Stream[Any]:
+        """The matching flows of a dump with as many kernel criteria as work,
+        as ``target`` makes them (decoded straight into its items when no
+        flow needs checking here)."""
         scoped = flt.merged(family=family) if family else flt
+        decoder, convert = self.decoder, None
+        if target is not None and match is None:
+            decoder = self._decoder_for(target)
+        elif target is not None:
+            convert = target.convert
         while True:
             parts = self.kernel_filters if kernel_side else KernelFilter(0)
             attributes, used = scoped.kernel_attributes(parts)
             message = request(mtype, 0, family, attributes)
             received = False
 
-            def pick(items: list[Flow], _others: list[Message]) -> list[Flow]:
+            def pick(items: list[Any], _others: list[Message]) -> list[Any]:
                 nonlocal received
                 received = True
-                return items if match is None else [flow for flow in items if match(flow)]
+                if match is None:
+                    return items
+                kept = [flow for flow in items if match(flow)]
+                return kept if convert is None else list(map(convert, kept))
 
             try:
-                yield from self._dump(message, "conntrack dump", _DUMP_HINTS, pick)
+                yield from self._dump(message, "conntrack dump", _DUMP_HINTS, pick, decoder)
                 return
             except NetlinkError as exc:
                 refused = _newest(used)
@@ -570,6 +590,12 @@ class ClientCore:
                     raise
                 self.kernel_filters &= ~refused
                 self.refused[refused] = exc
+
+    def _decoder_for(self, target: FlowTarget[Any]) -> Decoder:
+        """A decoder making ``target``'s items (kept for the next dump of the same target)."""
+        if self._target_decoder is None or self._target_decoder.target is not target:
+            self._target_decoder = Decoder(compiled=self.decoder.compiled, target=target)
+        return self._target_decoder
 
     def _op_get(self, key: Flow | Tuple, zone: int | None) -> Call[Flow]:
         message = request(C.CT_GET, 0, key.family, lookup_attributes(key, zone, with_id=False))
@@ -869,6 +895,22 @@ class Conntrack(ClientCore):
         return self._stream(self._op_dump(criteria, orig, reply, table, reset_counters,
                                           mark=mark, mark_mask=mark_mask, status=status,
                                           status_mask=status_mask, zone=zone))  # fmt: skip
+
+    def dump_as(
+        self,
+        target: FlowTarget[T],
+        criteria: Filter | int = 0,
+        *,
+        table: str = "conntrack",
+        reset_counters: bool = False,
+    ) -> Iterator[T]:
+        """Stream the matching flows as ``target`` makes them (see :meth:`dump`).
+
+        When no criterion needs checking here (no criteria), the messages are
+        decoded straight into the target's items, without :class:`Flow`
+        objects: ``nfkit conntrack -L`` formats its lines so.
+        """
+        return self._stream(self._op_dump(criteria, None, None, table, reset_counters, target))
 
     def get(self, key: Flow | Tuple, zone: int | None = None) -> Flow:
         """The flow with this original tuple (a Flow: its original, else its reply tuple).

@@ -23,7 +23,7 @@ import dataclasses
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from nfkit.conntrack import const as C
 from nfkit.conntrack.model import (
@@ -82,6 +82,8 @@ from nfkit.netlink.layout import (
     walk,
 )
 
+T = TypeVar("T")
+
 # -- schemas -----------------------------------------------------------------------
 
 _IP = Nest(
@@ -96,7 +98,8 @@ _IP = Nest(
 _PROTO = Nest(
     "proto",
     {
-        C.CTA_PROTO_NUM: Leaf("num", "B"),
+        # Pinned: it decides how the others read (ports, ICMP fields, state names).
+        C.CTA_PROTO_NUM: Leaf("num", "B", pinned=True),
         C.CTA_PROTO_SRC_PORT: Leaf("sport", "H"),
         C.CTA_PROTO_DST_PORT: Leaf("dport", "H"),
         C.CTA_PROTO_ICMP_ID: Leaf("icmp_id", "H"),
@@ -297,25 +300,39 @@ _NAMESPACE: dict[str, Any] = {
 Fields = Mapping[str, Sequence[str]]
 
 
+#: Memos turning numbers into enum members; ``_Source(enums=False)`` leaves the numbers.
+_ENUM_MEMOS = frozenset(("STATUSES", "TCP_FLAGS", "TCP_STATES", "SCTP_STATES", "DCCP_STATES",
+                         "EXPECT_FLAGS"))  # fmt: skip
+
+
+#: A class and the expressions of its fields.
+_ClassArgs = tuple[type[Any], dict[str, str]]
+
+
 class _Source:
     """Builds constructor expressions from the values a message has.
 
     ``fields`` maps a leaf path to one expression per value; ``nests`` holds
     the paths of the nests present. Every decision (is the attribute there?
     32- or 64-bit counters?) is taken here, once per layout, so the generated
-    code only moves values into objects.
+    code only moves values into objects. The ``*_args`` methods give the
+    expressions of an object's fields ("None" for absent ones); without
+    ``enums``, enum-valued numbers stay plain ints.
     """
 
-    def __init__(self, fields: Fields, nests: Iterable[str], family: str) -> None:
+    def __init__(self, fields: Fields, nests: Iterable[str], family: str, enums: bool = True):
         self.fields = fields
         self.nests = set(nests)
         self.family = family
+        self.enums = enums
 
     def get(self, path: str, index: int = 0, wrap: str = "") -> str:
         exprs = self.fields.get(path)
         if exprs is None:
             return "None"
-        return f"{wrap}[{exprs[index]}]" if wrap else exprs[index]
+        if wrap and (self.enums or wrap not in _ENUM_MEMOS):
+            return f"{wrap}[{exprs[index]}]"
+        return exprs[index]
 
     def first(self, *paths: str, wrap: str = "", default: str = "None") -> str:
         for path in paths:
@@ -330,69 +347,71 @@ class _Source:
             args.pop()
         return f"{cls.__name__}({', '.join(args)})"
 
-    def tuple(self, prefix: str) -> str:
+    def tuple_args(self, prefix: str) -> dict[str, str] | None:
         if prefix not in self.nests:
-            return "None"
+            return None
         p = prefix + "."
-        return self.call(
-            Tuple,
-            {
-                "family": self.family,
-                "src": self.first(p + "ip.v4_src", p + "ip.v6_src", wrap="ADDRESSES"),
-                "dst": self.first(p + "ip.v4_dst", p + "ip.v6_dst", wrap="ADDRESSES"),
-                "proto": self.get(p + "proto.num"),
-                "sport": self.get(p + "proto.sport"),
-                "dport": self.get(p + "proto.dport"),
-                "icmp_type": self.first(p + "proto.icmp_type", p + "proto.icmpv6_type"),
-                "icmp_code": self.first(p + "proto.icmp_code", p + "proto.icmpv6_code"),
-                "icmp_id": self.first(p + "proto.icmp_id", p + "proto.icmpv6_id"),
-                "zone": self.get(p + "zone"),
-            },
-        )
+        return {
+            "family": self.family,
+            "src": self.first(p + "ip.v4_src", p + "ip.v6_src", wrap="ADDRESSES"),
+            "dst": self.first(p + "ip.v4_dst", p + "ip.v6_dst", wrap="ADDRESSES"),
+            "proto": self.get(p + "proto.num"),
+            "sport": self.get(p + "proto.sport"),
+            "dport": self.get(p + "proto.dport"),
+            "icmp_type": self.first(p + "proto.icmp_type", p + "proto.icmpv6_type"),
+            "icmp_code": self.first(p + "proto.icmp_code", p + "proto.icmpv6_code"),
+            "icmp_id": self.first(p + "proto.icmp_id", p + "proto.icmpv6_id"),
+            "zone": self.get(p + "zone"),
+        }
+
+    def tuple(self, prefix: str) -> str:
+        args = self.tuple_args(prefix)
+        return "None" if args is None else self.call(Tuple, args)
+
+    def counters_args(self, prefix: str) -> dict[str, str] | None:
+        if prefix not in self.nests:
+            return None
+        p = prefix + "."
+        return {
+            "packets": self.first(p + "packets", p + "packets32", default="0"),
+            "bytes": self.first(p + "bytes", p + "bytes32", default="0"),
+        }
 
     def counters(self, prefix: str) -> str:
-        if prefix not in self.nests:
-            return "None"
-        p = prefix + "."
-        packets = self.first(p + "packets", p + "packets32", default="0")
-        return f"Counters({packets}, {self.first(p + 'bytes', p + 'bytes32', default='0')})"
+        args = self.counters_args(prefix)
+        return "None" if args is None else self.call(Counters, args)
 
-    def protoinfo(self) -> str:
+    def protoinfo_args(self) -> _ClassArgs | None:
         if "protoinfo.tcp" in self.nests:
             p = "protoinfo.tcp."
-            return self.call(
-                TCPInfo,
-                {
-                    "state": self.get(p + "state", wrap="TCP_STATES"),
-                    "wscale_orig": self.get(p + "wscale_orig"),
-                    "wscale_reply": self.get(p + "wscale_reply"),
-                    "flags_orig": self.get(p + "flags_orig", 0, "TCP_FLAGS"),
-                    "flags_reply": self.get(p + "flags_reply", 0, "TCP_FLAGS"),
-                    "mask_orig": self.get(p + "flags_orig", 1, "TCP_FLAGS"),
-                    "mask_reply": self.get(p + "flags_reply", 1, "TCP_FLAGS"),
-                },
-            )
+            return TCPInfo, {
+                "state": self.get(p + "state", wrap="TCP_STATES"),
+                "wscale_orig": self.get(p + "wscale_orig"),
+                "wscale_reply": self.get(p + "wscale_reply"),
+                "flags_orig": self.get(p + "flags_orig", 0, "TCP_FLAGS"),
+                "flags_reply": self.get(p + "flags_reply", 0, "TCP_FLAGS"),
+                "mask_orig": self.get(p + "flags_orig", 1, "TCP_FLAGS"),
+                "mask_reply": self.get(p + "flags_reply", 1, "TCP_FLAGS"),
+            }
         if "protoinfo.sctp" in self.nests:
             p = "protoinfo.sctp."
-            return self.call(
-                SCTPInfo,
-                {
-                    "state": self.get(p + "state", wrap="SCTP_STATES"),
-                    "vtag_orig": self.get(p + "vtag_orig"),
-                    "vtag_reply": self.get(p + "vtag_reply"),
-                },
-            )
+            return SCTPInfo, {
+                "state": self.get(p + "state", wrap="SCTP_STATES"),
+                "vtag_orig": self.get(p + "vtag_orig"),
+                "vtag_reply": self.get(p + "vtag_reply"),
+            }
         if "protoinfo.dccp" in self.nests:
             p = "protoinfo.dccp."
-            return self.call(
-                DCCPInfo,
-                {
-                    "state": self.get(p + "state", wrap="DCCP_STATES"),
-                    "role": self.get(p + "role"),
-                    "handshake_seq": self.get(p + "handshake_seq"),
-                },
-            )
-        return "None"
+            return DCCPInfo, {
+                "state": self.get(p + "state", wrap="DCCP_STATES"),
+                "role": self.get(p + "role"),
+                "handshake_seq": self.get(p + "handshake_seq"),
+            }
+        return None
+
+    def protoinfo(self) -> str:
+        info = self.protoinfo_args()
+        return "None" if info is None else self.call(*info)
 
     def triple(self, cls: type[Any], prefix: str, names: Sequence[str]) -> str:
         if prefix not in self.nests:
@@ -414,39 +433,39 @@ class _Source:
             },
         )
 
-    def flow(self) -> str:
+    def flow_args(self) -> dict[str, str]:
         timestamp = "timestamp" in self.nests
-        return self.call(
-            Flow,
-            {
-                "orig": self.tuple("orig"),
-                "reply": self.tuple("reply"),
-                "status": self.get("status", wrap="STATUSES"),
-                "timeout": self.get("timeout"),
-                "mark": self.get("mark"),
-                "secctx": self.get("secctx.name", wrap="TEXTS"),
-                "zone": self.get("zone"),
-                "use": self.get("use"),
-                "id": self.get("id"),
-                "counters_orig": self.counters("counters_orig"),
-                "counters_reply": self.counters("counters_reply"),
-                "start": self.get("timestamp.start") if timestamp else "None",
-                "stop": self.get("timestamp.stop") if timestamp else "None",
-                "protoinfo": self.protoinfo(),
-                "helper": self.get("help.name", wrap="TEXTS"),
-                "labels": self.get("labels"),
-                "master": self.tuple("master"),
-                "seqadj_orig": self.triple(SeqAdj, "seqadj_orig", _SEQADJ_NAMES),
-                "seqadj_reply": self.triple(SeqAdj, "seqadj_reply", _SEQADJ_NAMES),
-                "synproxy": self.triple(Synproxy, "synproxy", ("isn", "its", "tsoff")),
-                "event_time": self.get("event_time"),
-                "mark_mask": self.get("mark_mask"),
-                "labels_mask": self.get("labels_mask"),
-                "status_mask": self.get("status_mask"),
-                "nat_src": self.nat("nat_src"),
-                "nat_dst": self.nat("nat_dst"),
-            },
-        )
+        return {
+            "orig": self.tuple("orig"),
+            "reply": self.tuple("reply"),
+            "status": self.get("status", wrap="STATUSES"),
+            "timeout": self.get("timeout"),
+            "mark": self.get("mark"),
+            "secctx": self.get("secctx.name", wrap="TEXTS"),
+            "zone": self.get("zone"),
+            "use": self.get("use"),
+            "id": self.get("id"),
+            "counters_orig": self.counters("counters_orig"),
+            "counters_reply": self.counters("counters_reply"),
+            "start": self.get("timestamp.start") if timestamp else "None",
+            "stop": self.get("timestamp.stop") if timestamp else "None",
+            "protoinfo": self.protoinfo(),
+            "helper": self.get("help.name", wrap="TEXTS"),
+            "labels": self.get("labels"),
+            "master": self.tuple("master"),
+            "seqadj_orig": self.triple(SeqAdj, "seqadj_orig", _SEQADJ_NAMES),
+            "seqadj_reply": self.triple(SeqAdj, "seqadj_reply", _SEQADJ_NAMES),
+            "synproxy": self.triple(Synproxy, "synproxy", ("isn", "its", "tsoff")),
+            "event_time": self.get("event_time"),
+            "mark_mask": self.get("mark_mask"),
+            "labels_mask": self.get("labels_mask"),
+            "status_mask": self.get("status_mask"),
+            "nat_src": self.nat("nat_src"),
+            "nat_dst": self.nat("nat_dst"),
+        }
+
+    def flow(self) -> str:
+        return self.call(Flow, self.flow_args())
 
     def expectation(self) -> str:
         return self.call(
@@ -468,6 +487,43 @@ class _Source:
         )
 
 
+class FlowValues:
+    """Where the values of one layout of flow messages are, for a :class:`FlowTarget`.
+
+    Names are the model's: a :class:`Flow` field (``"timeout"``), or a field
+    of its tuples, counters or protocol info (``"orig.src"``,
+    ``"counters_orig.packets"``, ``"protoinfo.state"``). Enum-valued numbers
+    (status, states, TCP flags) are plain ints here.
+
+    Attributes:
+        family: the layout's address family.
+        protoinfo: the class of its protocol info (None: it has none).
+    """
+
+    def __init__(self, fields: Fields, nests: Iterable[str], family: int) -> None:
+        source = _Source(fields, nests, str(family), enums=False)
+        self.family = family
+        info = source.protoinfo_args()
+        self.protoinfo: type[Any] | None = None if info is None else info[0]
+        named: dict[str, str] = dict(source.flow_args())
+        parts = [(name, source.tuple_args(name)) for name in ("orig", "reply", "master")]
+        parts += [(name, source.counters_args(name)) for name in _COUNTER_NAMES]
+        parts.append(("protoinfo", None if info is None else info[1]))
+        for prefix, args in parts:
+            named.update((f"{prefix}.{name}", expr) for name, expr in (args or {}).items())
+        self._named = {name: expr for name, expr in named.items() if expr != "None"}
+
+    def get(self, name: str) -> str | None:
+        """The expression of a value (an object's: its constructor), None if absent."""
+        return self._named.get(name)
+
+    def constant(self, name: str) -> int | None:
+        """The value when the layout fixes it (a pinned protocol number), else None."""
+        expr = self._named.get(name, "")
+        return int(expr) if expr.isdigit() else None
+
+
+_COUNTER_NAMES = ("counters_orig", "counters_reply")
 _SEQADJ_NAMES = ("correction_pos", "offset_before", "offset_after")
 
 #: What a message of each type becomes: (schema, _Source method).
@@ -607,6 +663,28 @@ def _as_message(mtype: int, payload: bytes) -> bytes:
 _NLMSG_FIXED = ((0, 8), (16, 4))  # length, type, flags; nfgenmsg (seq and pid vary)
 
 
+_FLOW_TYPES = frozenset((C.CT_NEW, C.CT_DELETE))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowTarget(Generic[T]):
+    """What a :class:`Decoder` makes of flow messages instead of :class:`Flow` objects.
+
+    Building the item straight from a layout's values spares a Flow per
+    message (a listing formats lines, say).
+
+    Attributes:
+        convert: the item of a :class:`Flow`: the reference, and what the
+            messages of layouts ``compile`` declines become.
+        compile: for one layout of flow messages (see :class:`FlowValues`),
+            an expression building the same item as ``convert`` and the
+            names it uses (none of the codec's), or None.
+    """
+
+    convert: Callable[[Flow], T]
+    compile: Callable[[FlowValues], tuple[str, Mapping[str, Any]] | None]
+
+
 class Decoder:
     """Turns ctnetlink datagrams into :class:`Flow`/:class:`Expectation` objects.
 
@@ -615,11 +693,17 @@ class Decoder:
             and flags, ``portid`` from the header) instead.
         compiled: compile parsers per layout (off: always the generic walk,
             the reference for tests).
+        target: make flows into what it makes of them (not with ``events``).
     """
 
-    def __init__(self, events: bool = False, compiled: bool = True) -> None:
+    def __init__(
+        self, events: bool = False, compiled: bool = True, target: FlowTarget[Any] | None = None
+    ) -> None:
+        if events and target is not None:
+            raise ValueError("a flow target cannot make events")
         self.events = events
         self.compiled = compiled
+        self.target = target
         self.layouts = LayoutCache()
 
     def decode(self, data: bytes) -> tuple[list[Any], list[Message]]:
@@ -669,7 +753,8 @@ class Decoder:
             )
         end = offset + length
         if mtype in _KINDS:
-            append(decode_message(mtype, flags, data, offset, end, self.events))
+            item = decode_message(mtype, flags, data, offset, end, self.events)
+            append(self.target.convert(item) if self.target and mtype in _FLOW_TYPES else item)
             if flags & NLM_F_DUMP_INTR:
                 others.append(Message(mtype, flags, seq, pid))
             elif self.compiled:
@@ -687,10 +772,21 @@ class Decoder:
         if layout is None:
             self.layouts.add(key, end - start, None)
             return
-        family = str(data[start + NLMSGHDR.size])
-        body = [_result(method(_Source(layout.fields, layout.nests, family)), mtype, flags,
-                        self.events)]  # fmt: skip
-        parser = compile_parser(layout, body, _NAMESPACE, "<ctnetlink layout>")
+        family = data[start + NLMSGHDR.size]
+        expression = method(_Source(layout.fields, layout.nests, str(family)))
+        namespace = _NAMESPACE
+        names: Mapping[str, Any]
+        if self.target is not None and mtype in _FLOW_TYPES:
+            made = self.target.compile(FlowValues(layout.fields, layout.nests, family))
+            if made is None:
+                expression, names = f"CONVERT({expression})", {"CONVERT": self.target.convert}
+            else:
+                expression, names = made
+            if names.keys() & _NAMESPACE.keys():
+                raise ValueError(f"a flow target redefines {sorted(names.keys() & _NAMESPACE)}")
+            namespace = {**_NAMESPACE, **names}
+        body = [_result(expression, mtype, flags, self.events)]
+        parser = compile_parser(layout, body, namespace, "<ctnetlink layout>")
         self.layouts.add(key, layout.length, parser)
 
 

@@ -43,10 +43,16 @@ class Leaf:
 
     ``"I"`` is a be32, ``"BB"`` two u8 (two values), ``"16s"`` exactly 16
     bytes. The payload length must equal the codes' size.
+
+    A ``pinned`` leaf's value is part of the layout (as its headers are): a
+    message with another value has another layout, and compiled code knows
+    the value as a constant. Pin values that decide what the others mean
+    (a protocol number).
     """
 
     name: str
     code: str
+    pinned: bool = False
     #: Payload size the codes need (None: any, for :data:`BYTES`).
     size: int | None = field(init=False, compare=False)
     #: How many values the codes give.
@@ -145,8 +151,9 @@ class Layout:
         format: ``struct`` format that reads every value from the message start.
         count: how many values ``format`` reads (``v0`` ... in the parser).
         fields: path -> the names of its values in the parser (``"v3"``); a
-            :data:`BYTES` leaf has one, its payload. Of a repeated attribute
-            the last occurrence counts, as in :func:`walk`.
+            :data:`BYTES` leaf has one, its payload. A pinned leaf has
+            literals instead (``"17"``). Of a repeated attribute the last
+            occurrence counts, as in :func:`walk`.
         nests: paths of the nests present.
     """
 
@@ -229,13 +236,19 @@ def _analyse(
                 code, count = node.code, node.count
             else:
                 raise DecodeError("leaf size")
-            read_to, index = state
-            if pos - base > read_to:
-                codes.append(f"{pos - base - read_to}x")
-            codes.append(code)
-            state[0] = pos - base + size
-            state[1] = index + count
-            layout.fields[_join(prefix, node.name)] = [f"v{index + k}" for k in range(count)]
+            path = _join(prefix, node.name)
+            if node.pinned:
+                mask[pos - base : pos - base + size] = b"\xff" * size
+                values = struct.unpack_from("!" + code, data, pos)
+                layout.fields[path] = [repr(value) for value in values]
+            else:
+                read_to, index = state
+                if pos - base > read_to:
+                    codes.append(f"{pos - base - read_to}x")
+                codes.append(code)
+                state[0] = pos - base + size
+                state[1] = index + count
+                layout.fields[path] = [f"v{index + k}" for k in range(count)]
         start += (length + 3) & ~3
 
 
