@@ -424,6 +424,9 @@ def test_layout_module_is_generic() -> None:
     assert parse(data, 0) == (513, 1, 2, b"xyz")
     assert parse(attr_be16(1, 1) + data[8:], 0) == (1, 1, 2, b"xyz")  # another value
     assert parse(attr_be16(3, 513) + data[8:], 0) is None  # another header
+    b0, b1 = layout.fields["n.b"]
+    pick = compile_parser(layout, [f"    return {b1}, {b0}"], {})  # reads only n.b
+    assert pick(data, 0) == (2, 1)
     with pytest.raises(DecodeError):
         walk(attr(1, b"\x01"), 0, 5, schema)  # a be16 of one byte
 

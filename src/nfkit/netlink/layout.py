@@ -20,6 +20,7 @@ nothing about any subsystem; a caller describes its attributes with a
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -148,8 +149,8 @@ class Layout:
         length: the message length (the layout matches only this length).
         mask, fixed: a message ``m`` has this layout when
             ``int.from_bytes(m[:length], "little") & mask == fixed``.
-        format: ``struct`` format that reads every value from the message start.
-        count: how many values ``format`` reads (``v0`` ... in the parser).
+        reads: the leaves read, in message order: ``(offset, struct code,
+            names of its values)``, named ``v0``, ``v1``... in the parser.
         fields: path -> the names of its values in the parser (``"v3"``); a
             :data:`BYTES` leaf has one, its payload. A pinned leaf has
             literals instead (``"17"``). Of a repeated attribute the last
@@ -160,8 +161,7 @@ class Layout:
     length: int
     mask: int
     fixed: int
-    format: str
-    count: int = 0
+    reads: list[tuple[int, str, list[str]]] = field(default_factory=list)
     fields: dict[str, list[str]] = field(default_factory=dict)
     nests: set[str] = field(default_factory=set)
 
@@ -190,15 +190,11 @@ def analyse(
     mask = bytearray(length)
     for offset, size in fixed_spans:
         mask[offset : offset + size] = b"\xff" * size
-    layout = Layout(length, 0, 0, "")
-    codes: list[str] = []
-    state = [0, 0]  # bytes read so far by the format, values read so far
+    layout = Layout(length, 0, 0)
     try:
-        _analyse(data, start, start + attrs_at, end, schema, "", mask, layout, codes, state)
+        _analyse(data, start, start + attrs_at, end, schema, "", mask, layout)
     except (DecodeError, struct.error):
         return None
-    layout.format = "!" + "".join(codes)
-    layout.count = state[1]
     layout.mask = int.from_bytes(mask, "little")
     layout.fixed = int.from_bytes(data[start:end], "little") & layout.mask
     return layout
@@ -213,8 +209,6 @@ def _analyse(
     prefix: str,
     mask: bytearray,
     layout: Layout,
-    codes: list[str],
-    state: list[int],
 ) -> None:
     while start < end:
         if end - start < 4:
@@ -228,7 +222,7 @@ def _analyse(
         if isinstance(node, Nest):
             path = _join(prefix, node.name)
             layout.nests.add(path)
-            _analyse(data, base, pos, pos + size, node.children, path, mask, layout, codes, state)
+            _analyse(data, base, pos, pos + size, node.children, path, mask, layout)
         elif node is not None:
             if node.code == BYTES:
                 code, count = f"{size}s", 1
@@ -242,13 +236,10 @@ def _analyse(
                 values = struct.unpack_from("!" + code, data, pos)
                 layout.fields[path] = [repr(value) for value in values]
             else:
-                read_to, index = state
-                if pos - base > read_to:
-                    codes.append(f"{pos - base - read_to}x")
-                codes.append(code)
-                state[0] = pos - base + size
-                state[1] = index + count
-                layout.fields[path] = [f"v{index + k}" for k in range(count)]
+                index = sum(len(names) for _at, _code, names in layout.reads)
+                names = [f"v{index + k}" for k in range(count)]
+                layout.reads.append((pos - base, code, names))
+                layout.fields[path] = names
         start += (length + 3) & ~3
 
 
@@ -261,27 +252,36 @@ def compile_parser(
     """Compile ``parse(data, offset)`` for messages of ``layout``.
 
     The function returns None for a message of another layout; else it
-    unpacks the values into the local names of ``layout.fields`` (one
-    ``struct`` call; locals are faster to read than tuple items) and runs
-    ``body`` (lines of code indented by four spaces, using those names and
-    ``namespace``), which must ``return`` the result. The caller checks that
-    ``offset + layout.length`` is within ``data``.
+    unpacks the values ``body`` uses into the local names of
+    ``layout.fields`` (one ``struct`` call; locals are faster to read than
+    tuple items) and runs ``body`` (lines of code indented by four spaces,
+    using those names and ``namespace``), which must ``return`` the result.
+    The caller checks that ``offset + layout.length`` is within ``data``.
     """
+    used = set(re.findall(r"\bv\d+\b", "\n".join(body)))
+    codes: list[str] = []
+    names: list[str] = []
+    read_to = 0
+    for at, code, leaf_names in layout.reads:
+        if used.isdisjoint(leaf_names):
+            continue  # nobody reads it: the struct skips it
+        codes.append(f"{at - read_to}x{code}" if at > read_to else code)
+        names += leaf_names
+        read_to = at + struct.calcsize("!" + code)
     lines = [
         "def parse(data, offset):",
         f"    if from_bytes(data[offset:offset + {layout.length}], 'little') & MASK != FIXED:",
         "        return None",
     ]
-    if layout.count:
-        names = ", ".join(f"v{index}" for index in range(layout.count))
-        lines.append(f"    {names}, = unpack_from(data, offset)")
+    if names:
+        lines.append(f"    {', '.join(names)}, = unpack_from(data, offset)")
     lines += body
     scope = dict(namespace)
     scope.update(
         from_bytes=int.from_bytes,
         MASK=layout.mask,
         FIXED=layout.fixed,
-        unpack_from=struct.Struct(layout.format).unpack_from,
+        unpack_from=struct.Struct("!" + "".join(codes)).unpack_from,
     )
     exec(compile("\n".join(lines) + "\n", filename, "exec"), scope)
     parser: Callable[[bytes, int], Any] = scope["parse"]
