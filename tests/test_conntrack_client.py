@@ -41,7 +41,7 @@ from nfkit.conntrack import (
 )
 from nfkit.conntrack import client as client_module
 from nfkit.conntrack import const as C
-from nfkit.conntrack.codec import encode_flow
+from nfkit.conntrack.codec import FlowTarget, FlowValues, encode_flow
 from nfkit.conntrack.model import AF_INET, AF_INET6
 from nfkit.lab import Lab
 from nfkit.netlink import (
@@ -208,6 +208,34 @@ def test_python_filtering_alone_gives_the_same_flows() -> None:
     with kernel.client(kernel_filters=KernelFilter(0)) as ct:
         assert [f.id for f in ct.dump(mark=1)] == [f.id for f in table if f.mark == 1]
     assert C.CTA_MARK not in attributes(kernel.requests[0])
+
+
+def test_dump_as_gives_the_targets_items_with_or_without_criteria(prefetch: bool) -> None:
+    table = [flow_v4(n, mark=n % 2, use=1) for n in range(9)]
+    table += [dataclasses.replace(flow_v4(n, mark=1), helper="ftp") for n in range(9, 12)]
+    kernel = FakeKernel(table)
+    made: list[str] = []
+
+    def compile_line(values: FlowValues) -> tuple[str, dict[str, Any]] | None:
+        if values.get("helper") is not None:
+            return None  # made from the Flow
+        return f"MADE.append('compiled') or {values.get('orig.sport')}", {"MADE": made}
+
+    def convert(flow: Flow) -> int:
+        made.append("converted")
+        return flow.orig.sport if flow.orig and flow.orig.sport else 0
+
+    target = FlowTarget(convert, compile_line)
+    with kernel.client(prefetch=prefetch) as ct:
+        for _dump in range(2):  # the second dump reuses the decoder and its layouts
+            made.clear()
+            assert list(ct.dump_as(target)) == [1024 + n for n in range(12)]
+            # the helper flows, and at first the one flow that taught the other layout
+            assert made.count("converted") == (4 if _dump == 0 else 3)
+        made.clear()
+        assert list(ct.dump_as(target, Filter(mark=1))) == [1025, 1027, 1029, 1031, 1033, 1034,
+                                                             1035]  # fmt: skip
+        assert set(made) == {"converted"}  # flows checked here are made from Flow objects
 
 
 def test_a_dump_failing_half_way_raises() -> None:

@@ -560,6 +560,7 @@ def assert_lines_match(datagrams: list[bytes], options: dict[str, Any]) -> None:
     """FlowText's target gives the lines FlowText gives the decoded flows, first (generic
     path) and once compiled."""
     text = FlowText(**options)
+    assert text.target == text.target != FlowText(**options).target  # a client reuses its decoder
     converted: list[Flow] = []
     target = FlowTarget(lambda flow: converted.append(flow) or text.line(flow), text.target.compile)
     decoder = Decoder(target=target)

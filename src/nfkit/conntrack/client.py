@@ -592,8 +592,8 @@ class ClientCore:
                 self.refused[refused] = exc
 
     def _decoder_for(self, target: FlowTarget[Any]) -> Decoder:
-        """A decoder making ``target``'s items (kept for the next dump of the same target)."""
-        if self._target_decoder is None or self._target_decoder.target is not target:
+        """A decoder making ``target``'s items (kept for the next dump of an equal target)."""
+        if self._target_decoder is None or self._target_decoder.target != target:
             self._target_decoder = Decoder(compiled=self.decoder.compiled, target=target)
         return self._target_decoder
 
