@@ -29,11 +29,14 @@ demo: $(VENV)/.installed
 	@scripts/install-system-deps.sh demo
 	$(BIN)/nfkit demo
 
+# Benchmarks run on compiled modules, as an installed package does.
 bench: deps
+	$(BIN)/python -m compileall -q src/nfkit
 	$(BIN)/python bench/nflog_bench.py
 
 .PHONY: bench-conntrack
 bench-conntrack: deps
+	$(BIN)/python -m compileall -q src/nfkit
 	$(BIN)/python bench/conntrack_bench.py
 
 clean:
