@@ -386,8 +386,8 @@ class UDPLite(UDP):
         return self.length
 
 
-class ICMP(Header):
-    """ICMP header; the meaning of the 4-byte ``rest`` depends on the type."""
+class _ICMPHeader(Header):
+    """The layout ICMP and ICMPv6 share; the 4-byte ``rest`` depends on the type."""
 
     __hdr__ = (("type", "B"), ("code", "B"), ("checksum", "H"), ("rest", "I"))
     type: int
@@ -397,13 +397,17 @@ class ICMP(Header):
 
     @property
     def echo_id(self) -> int:
-        """Identifier of an echo request (8) or reply (0)."""
+        """Identifier of an echo request or reply (ICMP 8/0, ICMPv6 128/129)."""
         return self.rest >> 16
 
     @property
     def echo_seq(self) -> int:
-        """Sequence number of an echo request (8) or reply (0)."""
+        """Sequence number of an echo request or reply."""
         return self.rest & 0xFFFF
+
+
+class ICMP(_ICMPHeader):
+    """ICMP header."""
 
     @property
     def gateway(self) -> bytes:
@@ -416,24 +420,8 @@ class ICMP(Header):
         return self.rest & 0xFFFF
 
 
-class ICMPv6(Header):
-    """ICMPv6 header; the meaning of the 4-byte ``rest`` depends on the type."""
-
-    __hdr__ = (("type", "B"), ("code", "B"), ("checksum", "H"), ("rest", "I"))
-    type: int
-    code: int
-    checksum: int
-    rest: int
-
-    @property
-    def echo_id(self) -> int:
-        """Identifier of an echo request (128) or reply (129)."""
-        return self.rest >> 16
-
-    @property
-    def echo_seq(self) -> int:
-        """Sequence number of an echo request (128) or reply (129)."""
-        return self.rest & 0xFFFF
+class ICMPv6(_ICMPHeader):
+    """ICMPv6 header."""
 
 
 class SCTP(Header):
