@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
-from nfkit.logd.keys import Event
+from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import ERROR, BatchPlugin, Context, DataType, Plugin, Settings, without
 from nfkit.packet import (
     ETH_P_ARP,
@@ -85,6 +85,18 @@ address_text: Memo[str] = Memo(_text)
 address_hex128: Memo[str] = Memo(_hex128)
 #: IP2HBIN's host-order value.
 address_host_order: Memo[bytes] = Memo(_host_order)
+
+#: The inputs of IP2STR, IP2BIN and IP2HBIN: the family keys, then the addresses.
+IP_ADDRESS_INPUTS = keys(
+    ("oob.family", KeyType.UINT8),
+    ("oob.protocol", KeyType.UINT16),
+    ("ip.saddr", KeyType.IPADDR, "optional"),
+    ("ip.daddr", KeyType.IPADDR, "optional"),
+    ("orig.ip.saddr", KeyType.IPADDR, "optional"),
+    ("orig.ip.daddr", KeyType.IPADDR, "optional"),
+    ("reply.ip.saddr", KeyType.IPADDR, "optional"),
+    ("reply.ip.daddr", KeyType.IPADDR, "optional"),
+)
 
 _ACCEPTED_FAMILIES = frozenset({NFPROTO_IPV4, NFPROTO_IPV6, NFPROTO_ARP})
 _BRIDGED_ETHERTYPES = frozenset({ETH_P_IP, ETH_P_IPV6, ETH_P_ARP})

@@ -7,7 +7,7 @@ them unquoted, as hex literals. Unlike ulogd 2.0.8, ``reply.ip.daddr`` is conver
 from __future__ import annotations
 
 from nfkit.logd.keys import KeyType, keys
-from nfkit.logd.plugins._addr import AddressFilter, address_hex128
+from nfkit.logd.plugins._addr import IP_ADDRESS_INPUTS, AddressFilter, address_hex128
 from nfkit.logd.registry import register
 
 T = KeyType
@@ -17,16 +17,7 @@ T = KeyType
 class IP2BIN(AddressFilter):
     name = "IP2BIN"
     summary = "convert IP addresses to 0x-prefixed 128-bit hex literals (ip.saddr.bin...)"
-    input_keys = keys(
-        ("oob.family", T.UINT8),
-        ("oob.protocol", T.UINT16),
-        ("ip.saddr", T.IPADDR, "optional"),
-        ("ip.daddr", T.IPADDR, "optional"),
-        ("orig.ip.saddr", T.IPADDR, "optional"),
-        ("orig.ip.daddr", T.IPADDR, "optional"),
-        ("reply.ip.saddr", T.IPADDR, "optional"),
-        ("reply.ip.daddr", T.IPADDR, "optional"),
-    )
+    input_keys = IP_ADDRESS_INPUTS
     output_keys = keys(
         ("ip.saddr.bin", T.RAWSTR),
         ("ip.daddr.bin", T.RAWSTR),

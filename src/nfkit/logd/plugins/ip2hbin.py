@@ -8,7 +8,7 @@ pointer). Unlike ulogd 2.0.8, ``reply.ip.daddr`` is converted too.
 from __future__ import annotations
 
 from nfkit.logd.keys import KeyType, keys
-from nfkit.logd.plugins._addr import AddressFilter, address_host_order
+from nfkit.logd.plugins._addr import IP_ADDRESS_INPUTS, AddressFilter, address_host_order
 from nfkit.logd.registry import register
 
 T = KeyType
@@ -18,16 +18,7 @@ T = KeyType
 class IP2HBIN(AddressFilter):
     name = "IP2HBIN"
     summary = "convert IP addresses to host byte order (ip.saddr -> ip.hsaddr...)"
-    input_keys = keys(
-        ("oob.family", T.UINT8),
-        ("oob.protocol", T.UINT16),
-        ("ip.saddr", T.IPADDR, "optional"),
-        ("ip.daddr", T.IPADDR, "optional"),
-        ("orig.ip.saddr", T.IPADDR, "optional"),
-        ("orig.ip.daddr", T.IPADDR, "optional"),
-        ("reply.ip.saddr", T.IPADDR, "optional"),
-        ("reply.ip.daddr", T.IPADDR, "optional"),
-    )
+    input_keys = IP_ADDRESS_INPUTS
     output_keys = keys(
         ("ip.hsaddr", T.IPADDR),
         ("ip.hdaddr", T.IPADDR),

@@ -7,7 +7,7 @@ ulogd does not accept (not 2, 3, 10, or bridge 7 with an IP/ARP ethertype) get E
 from __future__ import annotations
 
 from nfkit.logd.keys import KeyType, keys
-from nfkit.logd.plugins._addr import AddressFilter, address_text
+from nfkit.logd.plugins._addr import IP_ADDRESS_INPUTS, AddressFilter, address_text
 from nfkit.logd.registry import register
 
 T = KeyType
@@ -17,17 +17,9 @@ T = KeyType
 class IP2STR(AddressFilter):
     name = "IP2STR"
     summary = "convert IP addresses to text (ip.saddr -> ip.saddr.str...)"
-    input_keys = keys(
-        ("oob.family", T.UINT8),
-        ("oob.protocol", T.UINT16),
-        ("ip.saddr", T.IPADDR, "optional"),
-        ("ip.daddr", T.IPADDR, "optional"),
-        ("orig.ip.saddr", T.IPADDR, "optional"),
-        ("orig.ip.daddr", T.IPADDR, "optional"),
-        ("reply.ip.saddr", T.IPADDR, "optional"),
-        ("reply.ip.daddr", T.IPADDR, "optional"),
-        ("arp.saddr", T.IPADDR, "optional"),
-        ("arp.daddr", T.IPADDR, "optional"),
+    input_keys = (
+        *IP_ADDRESS_INPUTS,
+        *keys(("arp.saddr", T.IPADDR, "optional"), ("arp.daddr", T.IPADDR, "optional")),
     )
     output_keys = keys(
         ("ip.saddr.str", T.STRING, "cim:src_ip"),
