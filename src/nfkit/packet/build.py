@@ -18,11 +18,15 @@ from nfkit.packet.checksum import (
     tcp_checksum,
     udp_checksum,
 )
+from nfkit.packet.headers import (
+    ICMP_ECHO,
+    ICMP_ECHOREPLY,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+)
 
 Address = str | bytes
 
-_ICMP_ECHO_REPLY, _ICMP_ECHO_REQUEST = 0, 8
-_ICMPV6_ECHO_REQUEST, _ICMPV6_ECHO_REPLY = 128, 129
 
 
 def _packed(address: Address, size: int | None = None) -> bytes:
@@ -113,7 +117,7 @@ def build_udp(sport: int, dport: int, payload: bytes, src: Address, dst: Address
 
 def build_icmp_echo(ident: int, seq: int, payload: bytes = b"", *, reply: bool = False) -> bytes:
     """An ICMP echo request, or reply."""
-    icmp_type = _ICMP_ECHO_REPLY if reply else _ICMP_ECHO_REQUEST
+    icmp_type = ICMP_ECHOREPLY if reply else ICMP_ECHO
     rest = ident << 16 | seq
     checksum = icmp_checksum(layouts.ICMP.pack(icmp_type, 0, 0, rest) + payload)
     return layouts.ICMP.pack(icmp_type, 0, checksum, rest) + payload
@@ -123,7 +127,7 @@ def build_icmpv6_echo(
     ident: int, seq: int, payload: bytes, src: Address, dst: Address, *, reply: bool = False
 ) -> bytes:
     """An ICMPv6 echo request, or reply."""
-    icmp_type = _ICMPV6_ECHO_REPLY if reply else _ICMPV6_ECHO_REQUEST
+    icmp_type = ICMPV6_ECHO_REPLY if reply else ICMPV6_ECHO_REQUEST
     rest = ident << 16 | seq
     message = layouts.ICMPV6.pack(icmp_type, 0, 0, rest) + payload
     checksum = icmpv6_checksum(_packed(src, 16), _packed(dst, 16), message)

@@ -27,6 +27,16 @@ IPPROTO_DSTOPTS = 60
 IPPROTO_SCTP = 132
 IPPROTO_UDPLITE = 136
 
+# ICMP types and codes with a meaning of their own in the header's ``rest``.
+ICMP_ECHOREPLY = 0
+ICMP_DEST_UNREACH = 3
+ICMP_FRAG_NEEDED = 4  # a code of ICMP_DEST_UNREACH
+ICMP_REDIRECT = 5
+ICMP_ECHO = 8
+ICMP_PARAMETERPROB = 12
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
+
 
 class TCPFlag(enum.IntFlag):
     """Bits of :attr:`TCP.flags`."""

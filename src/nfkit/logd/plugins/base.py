@@ -38,6 +38,14 @@ from nfkit.packet import (
     ETH_P_ARP,
     ETH_P_IP,
     ETH_P_IPV6,
+    ICMP_DEST_UNREACH,
+    ICMP_ECHO,
+    ICMP_ECHOREPLY,
+    ICMP_FRAG_NEEDED,
+    ICMP_PARAMETERPROB,
+    ICMP_REDIRECT,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
     IPPROTO_AH,
     IPPROTO_DSTOPTS,
     IPPROTO_ESP,
@@ -58,14 +66,6 @@ from nfkit.packet import (
 
 T = KeyType
 
-ICMP_ECHOREPLY = 0
-ICMP_DEST_UNREACH = 3
-ICMP_FRAG_NEEDED = 4
-ICMP_REDIRECT = 5
-ICMP_ECHO = 8
-ICMP_PARAMETERPROB = 12
-ICMPV6_ECHO_REQUEST = 128
-ICMPV6_ECHO_REPLY = 129
 
 #: A decoder of the header at ``at``: ``decode(event, pkt, at)``; it sets keys, returns None.
 Decoder = Callable[[Event, bytes, int], None]
