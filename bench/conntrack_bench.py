@@ -51,10 +51,10 @@ from nfkit.lab import Lab, Node, unavailable_reason  # noqa: E402
 from nfkit.netlink import NETLINK_NETFILTER, NetlinkSocket  # noqa: E402
 from nfkit.netlink.codec import NLM_F_CREATE, iter_message_spans, nfnl_type  # noqa: E402
 from nflog_bench import background_load, environment  # noqa: E402
+from report import write_section  # noqa: E402
 
 CONNTRACK = "/usr/sbin/conntrack"
 NFKIT = (sys.executable, "-m", "nfkit.cli.main", "conntrack")
-MARKERS = ("<!-- conntrack_bench results: begin -->", "<!-- conntrack_bench results: end -->")
 DELETED_SOURCE = "203.0.113.7"
 EVENT_GROUPS = (1, 2, 3)  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 IPCTNL_MSG_CT_DELETE = nfnl_type(1, 2)  # also the type of DESTROY events
@@ -448,18 +448,6 @@ def nfkit_commit() -> str:
     return f"{git('rev-parse', '--short', 'HEAD') or 'unknown'}{dirty}"
 
 
-def write_report(path: Path, section: str) -> None:
-    """Replace the text between MARKERS in ``path``, or append a ``## conntrack`` section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARKERS[0]}\n{section}{MARKERS[1]}"
-    if MARKERS[0] in text and MARKERS[1] in text:
-        start, end = text.index(MARKERS[0]), text.index(MARKERS[1]) + len(MARKERS[1])
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n## conntrack\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000,
@@ -525,7 +513,7 @@ def main() -> int:
     )
     print(section)
     if not args.no_write:
-        write_report(args.output, section)
+        write_section(args.output, "conntrack_bench", section, "conntrack")
         print(f"written to {args.output}", file=sys.stderr)
     return 0
 

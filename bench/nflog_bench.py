@@ -46,6 +46,7 @@ from reference import (  # noqa: E402
     remove_workdir,
     render_config,
 )
+from report import write_section  # noqa: E402
 
 STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU"
 FILES = {"emu1": "emu.log"}
@@ -54,7 +55,6 @@ PORT = 9  # discard
 # ulogd applies netlink_socket_buffer_size only when it is below the maxsize
 # (ulogd2.md §11 item 15): maxsize is one byte larger so that 8 MiB is set.
 INPUT_OPTIONS = ("netlink_socket_buffer_size=8388608", "netlink_socket_buffer_maxsize=8388609")
-MARKERS = ("<!-- nflog_bench results: begin -->", "<!-- nflog_bench results: end -->")
 # Targets for nfkit (docs/benchmarks.md).
 MAX_CPU_RATIO = 1.5
 
@@ -234,18 +234,6 @@ def environment(command: str) -> str:
             f"* kernel: {platform.release()}, CPU: {cpu}, Python {platform.python_version()}\n")
 
 
-def write_report(path: Path, section: str) -> None:
-    """Replace the generated section of ``path`` (between MARKERS), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARKERS[0]}\n{section}{MARKERS[1]}"
-    if MARKERS[0] in text and MARKERS[1] in text:
-        start, end = text.index(MARKERS[0]), text.index(MARKERS[1]) + len(MARKERS[1])
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def parse_rates(text: str) -> list[float]:
     return [0.0 if item in ("max", "0") else float(item) for item in text.split(",")]
 
@@ -297,7 +285,7 @@ def main() -> int:
                f"{table(results)}\n\n" + "".join(f"* {v}\n" for v in verdicts(results)))
     print(section)
     if not args.no_write:
-        write_report(args.output, section)
+        write_section(args.output, "nflog_bench", section)
         print(f"written to {args.output}", file=sys.stderr)
     return 0
 
