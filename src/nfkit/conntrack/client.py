@@ -401,18 +401,10 @@ class ClientCore:
     ) -> Call[None]:
         """Send one request with NLM_F_ACK; raise the kernel's refusal."""
         message.flags |= NLM_F_ACK
-        channel = self._acquire()
-        try:
+        with self._channel() as channel:
             last = channel.send([message])
             for _seq, code, text in (yield from channel.errors_until(last)):
                 raise kernel_error(code, operation, text, hints)
-        except NetlinkError:
-            self._release(channel)
-            raise
-        except BaseException:
-            channel.close()
-            raise
-        self._release(channel)
 
     def _get(
         self, message: Message, operation: str, hints: dict[int, str] | None = None
@@ -422,10 +414,22 @@ class ClientCore:
         An ACK would follow the reply into the socket and, with many GETs,
         fill it (conntrack 1.4.7's "No buffer space available" on -U).
         """
-        channel = self._acquire()
-        try:
+        with self._channel() as channel:
             seq = channel.send([message])
             result = yield from self._single_reply(channel, seq, operation, hints)
+        return result
+
+    @contextlib.contextmanager
+    def _channel(self) -> Iterator[Exchange]:
+        """A pooled channel for one request.
+
+        It goes back to the pool after success or a kernel error (the
+        exchange ended cleanly); any other failure leaves its state unknown,
+        so it is closed.
+        """
+        channel = self._acquire()
+        try:
+            yield channel
         except NetlinkError:
             self._release(channel)
             raise
@@ -433,7 +437,6 @@ class ClientCore:
             channel.close()
             raise
         self._release(channel)
-        return result
 
     def _single_reply(
         self, channel: Exchange, seq: int, operation: str, hints: dict[int, str] | None
