@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,3 +87,37 @@ def test_group_0_takes_over_system_logging_in_the_namespace(lab: Lab, tmp_path: 
     events = [json.loads(line) for line in (tmp_path / "zero.json").read_text().splitlines()]
     assert [e["oob.prefix"] for e in events] == ["zero", "zero"]
     assert "forcing unbind of existing log handler" in (tmp_path / "logd.log").read_text()
+
+
+def test_pcap_and_syslog_outputs_get_the_kernels_packets(lab: Lab, tmp_path: Path) -> None:
+    sock_path = tmp_path / "log.sock"
+    collector = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    collector.bind(str(sock_path))
+    collector.settimeout(5)
+    conf = tmp_path / "ulogd.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{tmp_path}/logd.log"\nloglevel=3\n'
+        "stack=log1:NFLOG,base1:BASE,pcap1:PCAP\n"
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,sys1:SYSLOG\n"
+        f"[log1]\ngroup={GROUP}\nnetlink_qtimeout=1\n"
+        f'[pcap1]\nfile="{tmp_path}/out.pcap"\nsync=1\n'
+        f'[sys1]\nfacility=LOG_LOCAL2\nsocket_path="{sock_path}"\n'
+    )
+    lab.iptables(lab.b, "-A", "INPUT", "-p", "icmp", "-j", "NFLOG", "--nflog-group", str(GROUP),
+                 "--nflog-prefix", "pc")  # fmt: skip
+    daemon = start_logd(lab, lab.b, conf, tmp_path / "logd.log")
+    try:
+        assert lab.b.ip4 is not None and lab.ping(lab.a, lab.b.ip4, count=2, interval=0.05)
+        messages = [collector.recv(4096).decode() for _ in range(2)]
+    finally:
+        collector.close()
+    stop_logd(daemon)
+    # LOG_LOCAL2 | LOG_NOTICE = 18 * 8 + 5
+    assert all(m.startswith("<149>") and "pc IN=nfkb0 OUT= MAC=" in m for m in messages)
+    assert all(f"SRC={lab.a.ip4} DST={lab.b.ip4}" in m and "TYPE=8" in m for m in messages)
+    fields = subprocess.run(
+        ["tshark", "-r", str(tmp_path / "out.pcap"), "-T", "fields",
+         "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split("\n")  # fmt: skip
+    assert [line for line in fields if line] == [f"{lab.a.ip4}\t{lab.b.ip4}\t8"] * 2
