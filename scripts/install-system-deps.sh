@@ -17,6 +17,13 @@ if [ "$profile" = test ]; then
     have sqlite3 || need="$need sqlite3"
     have conntrack || need="$need conntrack"
     have setpriv || need="$need util-linux"
+    have nfcapd || need="$need nfdump"
+    have nfacct || need="$need nfacct"
+fi
+if [ "$profile" = bench ]; then
+    # NetfilterQueue (the NFQUEUE benchmark's reference) builds against these.
+    [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need="$need libnetfilter-queue-dev"
+    have gcc || need="$need gcc"
 fi
 if [ -n "$need" ]; then
     echo "installing Debian packages:$need"
