@@ -535,8 +535,22 @@ def test_flow_targets_make_of_every_layout_what_they_make_of_its_flows() -> None
         Decoder(target=FlowTarget(repr, lambda values: ("Flow", {"Flow": 1}))).decode(
             batch[: len(shaped_message(6, AF_INET, ()))]
         )
-    with pytest.raises(ValueError):
-        Decoder(events=True, target=target)
+
+
+
+def test_flow_targets_of_events_learn_the_event_of_each_layout() -> None:
+    def compile_event(values: FlowValues) -> tuple[str, dict[str, object]] | None:
+        if values.constant("orig.proto") != 6:
+            return None  # converted from the Event
+        return f"({int(values.event or 0)}, {values.get('id') or 'None'})", {}
+
+    target = FlowTarget(lambda event: (int(event.type), event.flow.id), compile_event)
+    batch = b"".join(shaped_messages())
+    decoder = Decoder(events=True, target=target)
+    first, _ = decoder.decode(batch)
+    again, _ = decoder.decode(batch)  # compiled now
+    events, _ = Decoder(events=True, compiled=False).decode(batch)
+    assert first == again == [target.convert(event) for event in events]
 
 
 def test_flow_values_name_model_fields_with_plain_numbers() -> None:

@@ -498,11 +498,17 @@ class FlowValues:
     Attributes:
         family: the layout's address family.
         protoinfo: the class of its protocol info (None: it has none).
+        event: the event the layout's messages report (a :class:`Decoder`
+            making events), else None.
     """
 
-    def __init__(self, fields: Fields, nests: Iterable[str], family: int) -> None:
+    def __init__(
+        self, fields: Fields, nests: Iterable[str], family: int, event: EventType | None = None
+    ) -> None:
         source = _Source(fields, nests, str(family), enums=False)
         self.family = family
+        self.event = event
+        self._fields = fields
         info = source.protoinfo_args()
         self.protoinfo: type[Any] | None = None if info is None else info[0]
         named: dict[str, str] = dict(source.flow_args())
@@ -516,6 +522,15 @@ class FlowValues:
     def get(self, name: str) -> str | None:
         """The expression of a value (an object's: its constructor), None if absent."""
         return self._named.get(name)
+
+    def leaf(self, path: str) -> str | None:
+        """The expression of an attribute's raw value by its schema path, None if absent.
+
+        ``"orig.ip.v4_src"`` is the address as 4 bytes (``get("orig.src")``
+        is its text).
+        """
+        exprs = self._fields.get(path)
+        return None if exprs is None else exprs[0]
 
     def constant(self, name: str) -> int | None:
         """The value when the layout fixes it (a pinned protocol number), else None."""
@@ -544,11 +559,16 @@ def event_type(mtype: int, flags: int) -> EventType:
 
 def _result(expression: str, mtype: int, flags: int, events: bool) -> str:
     """The generated ``return`` statement (an object, or an Event wrapping it)."""
+    return f"    return {_item(expression, mtype, flags, events)}"
+
+
+def _item(expression: str, mtype: int, flags: int, events: bool) -> str:
+    """The expression of the item decoded: the object, or an Event wrapping it."""
     if not events:
-        return f"    return {expression}"
+        return expression
     kind = f"EventType({int(event_type(mtype, flags))})"
     slot = "flow" if mtype in (C.CT_NEW, C.CT_DELETE) else "expectation"
-    return f"    return Event({kind}, {slot}={expression}, portid=PID(data, offset + 12)[0])"
+    return f"Event({kind}, {slot}={expression}, portid=PID(data, offset + 12)[0])"
 
 
 # -- the generic path --------------------------------------------------------------------
@@ -674,14 +694,15 @@ class FlowTarget(Generic[T]):
     message (a listing formats lines, say).
 
     Attributes:
-        convert: the item of a :class:`Flow`: the reference, and what the
-            messages of layouts ``compile`` declines become.
+        convert: the item of a :class:`Flow` (of an :class:`Event` when the
+            decoder makes events): the reference, and what the messages of
+            layouts ``compile`` declines become.
         compile: for one layout of flow messages (see :class:`FlowValues`),
             an expression building the same item as ``convert`` and the
             names it uses (none of the codec's), or None.
     """
 
-    convert: Callable[[Flow], T]
+    convert: Callable[[Any], T]
     compile: Callable[[FlowValues], tuple[str, Mapping[str, Any]] | None]
 
 
@@ -693,14 +714,12 @@ class Decoder:
             and flags, ``portid`` from the header) instead.
         compiled: compile parsers per layout (off: always the generic walk,
             the reference for tests).
-        target: make flows into what it makes of them (not with ``events``).
+        target: make flows (flow events, with ``events``) into what it makes of them.
     """
 
     def __init__(
         self, events: bool = False, compiled: bool = True, target: FlowTarget[Any] | None = None
     ) -> None:
-        if events and target is not None:
-            raise ValueError("a flow target cannot make events")
         self.events = events
         self.compiled = compiled
         self.target = target
@@ -776,8 +795,10 @@ class Decoder:
         expression = method(_Source(layout.fields, layout.nests, str(family)))
         namespace = _NAMESPACE
         names: Mapping[str, Any]
+        expression = _item(expression, mtype, flags, self.events)
         if self.target is not None and mtype in _FLOW_TYPES:
-            made = self.target.compile(FlowValues(layout.fields, layout.nests, family))
+            event = event_type(mtype, flags) if self.events else None
+            made = self.target.compile(FlowValues(layout.fields, layout.nests, family, event))
             if made is None:
                 expression, names = f"CONVERT({expression})", {"CONVERT": self.target.convert}
             else:
@@ -785,7 +806,7 @@ class Decoder:
             if names.keys() & _NAMESPACE.keys():
                 raise ValueError(f"a flow target redefines {sorted(names.keys() & _NAMESPACE)}")
             namespace = {**_NAMESPACE, **names}
-        body = [_result(expression, mtype, flags, self.events)]
+        body = [f"    return {expression}"]
         parser = compile_parser(layout, body, namespace, "<ctnetlink layout>")
         self.layouts.add(key, layout.length, parser)
 
