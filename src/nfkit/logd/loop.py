@@ -105,6 +105,8 @@ class EventLoop:
         select = self._selector.select
         while self._running:
             timeout = self._run_timers()
+            if not self._running:  # a timer stopped the loop: do not wait for the next one
+                break
             for key, _ in select(timeout):
                 key.data()
                 if not self._running:
