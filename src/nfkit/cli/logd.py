@@ -111,7 +111,9 @@ def main(argv: Sequence[str]) -> int:
         assert daemon.pipeline is not None
         print(f"{args.configfile}: OK, {len(daemon.pipeline.stacks)} stack(s)")
         return 0
-    refusal = require_net_admin("logd")
+    assert daemon.pipeline is not None
+    inputs = daemon.pipeline.inputs.values()
+    refusal = require_net_admin("logd") if any(i.needs_net_admin for i in inputs) else None
     if refusal:
         print(refusal, file=sys.stderr)
         return 1

@@ -190,6 +190,9 @@ class InputPlugin(Plugin):
 
     role = Role.INPUT
     input_type = DataType.SOURCE
+    #: The input talks to netfilter: the command line refuses to start it without
+    #: CAP_NET_ADMIN. Inputs that read files or sockets of their own say False.
+    needs_net_admin: ClassVar[bool] = True
 
     def __init__(self, instance_id: str, settings: Settings, context: Context) -> None:
         super().__init__(instance_id, settings, context)
