@@ -21,7 +21,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nfkit.logd.errors import ConfigError, StartError
@@ -217,16 +217,23 @@ class LineFormat:
         return f"{self._open}{self._date}.{usec:06d}{self._zone}{self._close}"
 
 
+def resolve(host: str, port: str | int, kind: int, flags: int = 0) -> list[tuple[int, Any]]:
+    """``(family, address)`` of every address ``host``/``port`` name (socket.gaierror if none)."""
+    found = socket.getaddrinfo(host, port, socket.AF_UNSPEC, kind, 0, flags)
+    return [(family, address) for family, _, _, _, address in found]
+
+
 class LineSender:
     """Lines to a stream or datagram peer that may come and go, without blocking.
 
     Lines that cannot be sent at once wait in a buffer of ``capacity`` lines
     (further lines are counted and dropped while it is full) and go out, in
     order, as soon as the peer accepts them. A failed connection is retried
-    every ``retry_interval`` seconds; a line cut by a broken stream is sent
-    again whole on the next connection. Datagrams sent while a UDP peer is
-    down are lost: the kernel only reports the refusal on a later send (that
-    later line is kept).
+    after ``retry_interval`` seconds, the wait doubling after each further
+    failure up to ``max_retry_interval``; a line cut by a broken stream is
+    sent again whole on the next connection. Datagrams sent while a UDP peer
+    is down are lost: the kernel only reports the refusal on a later send
+    (that later line is kept).
 
     Parameters:
         label: names the instance in log messages.
@@ -235,9 +242,13 @@ class LineSender:
         loop: the daemon loop (retries and flushes run from its timers).
         log: the daemon's logger.
         capacity: lines kept while the peer is down or slow.
+        unit: what a line is, in log messages (``messages`` for IPFIX).
+        greeting: returns what a new stream connection must carry before the
+            buffered lines (IPFIX templates); called on each connection.
     """
 
     retry_interval = 2.0
+    max_retry_interval = 30.0
     poll_interval = 0.1
     connect_timeout = 5.0
     stop_timeout = 1.0
@@ -250,6 +261,8 @@ class LineSender:
         loop: Any,
         log: Any,
         capacity: int = 10000,
+        unit: str = "lines",
+        greeting: Callable[[], bytes] | None = None,
     ) -> None:
         self.label = label
         self.kind = kind
@@ -257,12 +270,16 @@ class LineSender:
         self.loop = loop
         self.log = log
         self.capacity = capacity
+        self.unit = unit
+        self.greeting = greeting
+        self._greeting_sent: bytes | None = None  # the greeting at the head of the backlog
         self.backlog: collections.deque[bytes] = collections.deque()
         self.sent_of_first = 0  # bytes of backlog[0] already written to this connection
         self.dropped = 0
         self.sock: socket.socket | None = None
         self.connected = False
         self._attempt = 0
+        self._retry_delay = self.retry_interval
         self._connect_started = 0.0
         self._timer: Any = None
         self._down_since: float | None = None
@@ -312,8 +329,8 @@ class LineSender:
             self._final_flush()
         if self.backlog:
             self.log.error(
-                "%s: %d buffered lines could not be delivered to %s and are lost",
-                self.label, len(self.backlog), self.peer,
+                "%s: %d buffered %s could not be delivered to %s and are lost",
+                self.label, len(self.backlog), self.unit, self.peer,
             )
             self.backlog.clear()
         self._disconnect()
@@ -360,26 +377,38 @@ class LineSender:
             # A readable stream means the peer closed it: notice it now rather
             # than when the next line goes into a dead connection.
             self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._retry_delay = self.retry_interval
         if self._down_since is not None:
             self.log.info(
-                "%s: connected to %s after %.0f s; delivering %d buffered lines",
+                "%s: connected to %s after %.0f s; delivering %d buffered %s",
                 self.label, self.peer, time.monotonic() - self._down_since, len(self.backlog),
+                self.unit,
             )
             self._down_since = None
+        self._greet()
         self._flush()
+
+    def _greet(self) -> None:
+        """Put the greeting of a new stream connection in front of the buffered lines."""
+        if self.greeting is not None and self.kind == socket.SOCK_STREAM:
+            self._greeting_sent = self.greeting()
+            self.backlog.appendleft(self._greeting_sent)
 
     def _failed(self, exc: OSError) -> None:
         """A connection attempt or a send failed: try again later."""
         if self._down_since is None:
             self._down_since = time.monotonic()
             self.log.error(
-                "%s: cannot deliver to %s: %s; buffering up to %d lines, retrying every %g s",
-                self.label, self.peer, exc.strerror or exc, self.capacity, self.retry_interval,
+                "%s: cannot deliver to %s: %s; buffering up to %d %s, retrying every %g s"
+                " at first, then less often (up to every %g s)",
+                self.label, self.peer, exc.strerror or exc, self.capacity, self.unit,
+                self.retry_interval, self.max_retry_interval,
             )
         self._disconnect()
         self._attempt += 1
         if not self._closing:
-            self._schedule(self.retry_interval, self._connect)
+            self._schedule(self._retry_delay, self._connect)
+            self._retry_delay = min(self._retry_delay * 2, self.max_retry_interval)
 
     def _disconnect(self) -> None:
         sock, self.sock = self.sock, None
@@ -389,6 +418,9 @@ class LineSender:
             sock.close()
         self.connected = False
         self.sent_of_first = 0
+        greeting, self._greeting_sent = self._greeting_sent, None
+        if greeting is not None and self.backlog and self.backlog[0] is greeting:
+            self.backlog.popleft()  # not delivered: the next connection gets its own
 
     def _on_readable(self) -> None:
         if self.sock is None:
@@ -447,8 +479,8 @@ class LineSender:
             self.sent_of_first = 0
         if not backlog and self.dropped > self._dropped_reported:
             self.log.warning(
-                "%s: buffer drained; %d lines were dropped while it was full",
-                self.label, self.dropped - self._dropped_reported,
+                "%s: buffer drained; %d %s were dropped while it was full",
+                self.label, self.dropped - self._dropped_reported, self.unit,
             )
             self._dropped_reported = self.dropped
 
@@ -456,8 +488,7 @@ class LineSender:
         """A line too long for one UDP datagram can never be sent: drop it, say so."""
         if exc.errno != errno.EMSGSIZE:
             return False
-        self.log.error("%s: a %d-byte line does not fit in a datagram; dropped", self.label,
-                       len(data))
+        self.log.error("%s: %d bytes do not fit in a datagram; dropped", self.label, len(data))
         return True
 
     def _final_flush(self) -> None:
@@ -469,6 +500,7 @@ class LineSender:
                 self.sock = socket.socket(family, self.kind)
                 self.sock.settimeout(self.stop_timeout)
                 self.sock.connect(address)
+                self._greet()
             assert self.sock is not None
             self.sock.settimeout(self.stop_timeout)
             while self.backlog:
@@ -481,8 +513,8 @@ class LineSender:
     def _drop(self) -> None:
         if self.dropped == self._dropped_reported:
             self.log.error(
-                "%s: the buffer of %d lines for %s is full; dropping new lines until it drains",
-                self.label, self.capacity, self.peer,
+                "%s: the buffer of %d %s for %s is full; dropping new %s until it drains",
+                self.label, self.capacity, self.unit, self.peer, self.unit,
             )
         self.dropped += 1
 
@@ -570,14 +602,13 @@ class JSON(Plugin):
         kind = socket.SOCK_DGRAM if self.mode == "udp" else socket.SOCK_STREAM
         host, port = self.settings["host"], self.settings["port"]
         try:
-            found = socket.getaddrinfo(host, port, socket.AF_UNSPEC, kind)
+            return resolve(host, port, kind)
         except socket.gaierror as exc:
             raise StartError(
                 f"cannot resolve {host}:{port} for JSON mode {self.mode}: {exc.strerror}",
                 self.settings.where("host"),
                 "fix host= and port= (port may be a number or a service name)",
             ) from None
-        return [(family, address) for family, _, _, _, address in found]
 
     def interp(self, event: Event) -> int | None:
         try:
