@@ -4,7 +4,9 @@ ulogd gives such a plugin (OPRINT, GPRINT, JSON, SQLITE3) one input key per
 output key of every upstream instance, duplicates included, and binds each of
 them by name to the *nearest* provider. Since an event holds one value per
 name, the duplicates carry the same value; keeping one entry per name, at the
-position of its first occurrence, reproduces what ulogd prints.
+position of its first occurrence, reproduces what JSON and SQLITE3 write (a
+JSON object or a row holds a name once). OPRINT and GPRINT print every
+duplicate (:func:`every_upstream_key`).
 """
 
 from __future__ import annotations
@@ -28,3 +30,13 @@ def upstream_keys(upstream: Sequence[Plugin]) -> tuple[Key, ...]:
             # Re-assigning an existing dict key keeps its position.
             by_name[key.name] = key
     return tuple(by_name.values())
+
+
+def every_upstream_key(upstream: Sequence[Plugin]) -> tuple[Key, ...]:
+    """Every output key of ``upstream`` (input first), duplicates included.
+
+    Each carries the declaration of its name's nearest provider, as a ulogd input key
+    bound to that provider reads its type.
+    """
+    nearest = {key.name: key for plugin in upstream for key in plugin.output_keys}
+    return tuple(nearest[key.name] for plugin in upstream for key in plugin.output_keys)
