@@ -243,8 +243,8 @@ class LineSender:
         log: the daemon's logger.
         capacity: lines kept while the peer is down or slow.
         unit: what a line is, in log messages (``messages`` for IPFIX).
-        greeting: returns what a new stream connection must carry before the
-            buffered lines (IPFIX templates); called on each connection.
+        greeting: returns what a new connection must carry before the buffered
+            lines (IPFIX templates); called on each connection.
     """
 
     retry_interval = 2.0
@@ -389,8 +389,8 @@ class LineSender:
         self._flush()
 
     def _greet(self) -> None:
-        """Put the greeting of a new stream connection in front of the buffered lines."""
-        if self.greeting is not None and self.kind == socket.SOCK_STREAM:
+        """Put the greeting of a new connection in front of the buffered lines."""
+        if self.greeting is not None:
             self._greeting_sent = self.greeting()
             self.backlog.appendleft(self._greeting_sent)
 
