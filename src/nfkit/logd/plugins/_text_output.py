@@ -18,6 +18,7 @@ from nfkit.logd.plugins._addr import address_text
 
 # INT64 included, as ulogd 2.0.9 prints it (2.0.8: "default" in OPRINT, nothing in GPRINT).
 _INTEGER_TYPES = frozenset(t for t in KeyType if t.is_integer)
+_VALUE_TYPES = _INTEGER_TYPES | {KeyType.STRING, KeyType.IPADDR}
 
 
 class TextFileOutput(BatchPlugin):
@@ -99,10 +100,11 @@ class _Layout:
 class KeyValueFormat:
     """``name=value`` + ``separator`` for every valid key among ``fields``, in their order.
 
-    Strings print as they are, integers in decimal, addresses as inet_ntop text of
-    either family (ulogd 2.0.8 printed IPv4 byte-reversed in OPRINT and IPv6 as a dotted
-    quad in GPRINT; 2.0.9 fixed both). A key of a type in ``literals`` prints that text
-    instead of its value (OPRINT's ``default``); other types are left out.
+    ``fields`` may name a key more than once (a wildcard input's duplicates): it is then
+    printed at each place. Strings print as they are, integers in decimal, addresses as
+    inet_ntop text of either family (ulogd 2.0.8 printed IPv4 byte-reversed in OPRINT and
+    IPv6 as a dotted quad in GPRINT; 2.0.9 fixed both). A key of a type in ``literals``
+    prints that text instead of its value (OPRINT's ``default``); other types are left out.
 
     Events of one kind hold the same keys in the same order, so the line's layout is
     computed once per key set and cached; a line is then one ``%`` formatting.
@@ -114,14 +116,12 @@ class KeyValueFormat:
         self, fields: Sequence[Key], separator: str, literals: Mapping[KeyType, str] = {}
     ) -> None:
         self.separator = separator
-        # name -> (position, type)
-        self.fields: dict[str, tuple[int, KeyType]] = {}
         self._literals = literals
-        for key in fields:
-            if key.type in _INTEGER_TYPES or key.type in literals or key.type in (
-                KeyType.STRING, KeyType.IPADDR
-            ):
-                self.fields[key.name] = (len(self.fields), key.type)
+        #: The printed keys, in order (duplicates included).
+        self.fields = tuple(
+            key for key in fields if key.type in _VALUE_TYPES or key.type in literals
+        )
+        self.names = frozenset(key.name for key in self.fields)
         self._layouts: dict[tuple[str, ...], _Layout] = {}
 
     def items(self, event: Event) -> str:
@@ -129,7 +129,7 @@ class KeyValueFormat:
         shape = tuple(event)
         layout = self._layouts.get(shape)
         if layout is None:
-            layout = self._layout(shape)
+            layout = self._layout(set(shape))
             if len(self._layouts) >= self.max_layouts:
                 self._layouts.clear()  # cheaper than LRU bookkeeping; refills at once
             self._layouts[shape] = layout
@@ -141,21 +141,21 @@ class KeyValueFormat:
             values = tuple(converted)
         return layout.template % values
 
-    def _layout(self, shape: Sequence[str]) -> _Layout:
-        fields = self.fields
+    def _layout(self, present: set[str]) -> _Layout:
         template: list[str] = []
         names: list[str] = []
         addresses: list[int] = []
         separator = self.separator.replace("%", "%%")
-        for name in sorted((n for n in shape if n in fields), key=lambda n: fields[n][0]):
-            kind = fields[name][1]
-            literal = self._literals.get(kind)
+        for key in self.fields:
+            if key.name not in present:
+                continue
+            literal = self._literals.get(key.type)
             if literal is not None:
                 value = literal.replace("%", "%%")
             else:
-                if kind is KeyType.IPADDR:
+                if key.type is KeyType.IPADDR:
                     addresses.append(len(names))
-                value = "%d" if kind in _INTEGER_TYPES else "%s"
-                names.append(name)
-            template.append(f"{name.replace('%', '%%')}={value}{separator}")
+                value = "%d" if key.type in _INTEGER_TYPES else "%s"
+                names.append(key.name)
+            template.append(f"{key.name.replace('%', '%%')}={value}{separator}")
         return _Layout("".join(template), names, tuple(addresses))

@@ -1,7 +1,8 @@
-"""GPRINT: every upstream key on one line, ``name=value,name=value``.
+"""GPRINT: every upstream key on one line, ``name=value,name=value``, in stack order.
 
-Optionally preceded by ``timestamp=YYYY/MM/DD-HH:MM:SS,`` (the local time of writing, as
-ulogd2). Raw data is left out. Addresses print as inet_ntop text; ulogd 2.0.8 printed
+A name provided by several plugins is printed at each place, as ulogd2 does. The line
+optionally starts with ``timestamp=YYYY/MM/DD-HH:MM:SS,`` (the local time of writing, as
+in ulogd2). Raw data is left out. Addresses print as inet_ntop text; ulogd 2.0.8 printed
 the first four bytes of an IPv6 address as a dotted quad (``2001:db8::1`` became
 ``32.1.13.184``). Values are not escaped, as in ulogd2. Unlike ulogd2 there is no
 4096-byte line limit (ulogd overran its buffer there).
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from nfkit.logd.keys import Event
 from nfkit.logd.plugin import DataType, Option, Plugin
 from nfkit.logd.plugins._text_output import KeyValueFormat, TextFileOutput
-from nfkit.logd.plugins._wildcard import upstream_keys
+from nfkit.logd.plugins._wildcard import every_upstream_key, upstream_keys
 from nfkit.logd.registry import register
 
 
@@ -32,9 +33,8 @@ class GPRINT(TextFileOutput):
     )
 
     def configure(self, upstream: Sequence[Plugin]) -> None:
-        fields = upstream_keys(upstream)
-        self.format = KeyValueFormat(fields, ",")
-        self.inputs = tuple(key for key in fields if key.name in self.format.fields)
+        self.format = KeyValueFormat(every_upstream_key(upstream), ",")
+        self.inputs = tuple(key for key in upstream_keys(upstream) if key.name in self.format.names)
         self.timestamp = bool(self.settings["timestamp"])
         self._second = -1
         self._stamp = ""

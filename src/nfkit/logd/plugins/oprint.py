@@ -1,10 +1,11 @@
 """OPRINT: a debug dump of every upstream key, one ``name=value`` line each.
 
-Each event starts with ``===>PACKET BOUNDARY``; then every valid key in stack order
-(duplicates once, see :mod:`_wildcard`). Values as ulogd2 prints them (raw data as the
-word ``default``, untyped keys as ``<none>``) except addresses: ulogd 2.0.8 printed IPv4
-byte-reversed (192.168.1.10 as ``10.1.168.192``) and IPv6 as a reversed dotted quad of
-its first bytes; nfkit prints both families as inet_ntop does (as 2.0.9).
+Each event starts with ``===>PACKET BOUNDARY``; then every valid key in stack order, a
+name provided by several plugins at each place (``oob.protocol`` from NFLOG and BASE).
+Values as ulogd2 prints them (raw data as the word ``default``, untyped keys as
+``<none>``) except addresses: ulogd 2.0.8 printed IPv4 byte-reversed (192.168.1.10 as
+``10.1.168.192``) and IPv6 as a reversed dotted quad of its first bytes; nfkit prints
+both families as inet_ntop does (as 2.0.9).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from nfkit.logd.keys import Event, KeyType
 from nfkit.logd.plugin import DataType, Option, Plugin
 from nfkit.logd.plugins._text_output import KeyValueFormat, TextFileOutput
-from nfkit.logd.plugins._wildcard import upstream_keys
+from nfkit.logd.plugins._wildcard import every_upstream_key, upstream_keys
 from nfkit.logd.registry import register
 
 BOUNDARY = "===>PACKET BOUNDARY\n"
@@ -41,7 +42,7 @@ class OPRINT(TextFileOutput):
     def configure(self, upstream: Sequence[Plugin]) -> None:
         # Raw keys print "default" when valid, so every key is read.
         self.inputs = upstream_keys(upstream)
-        self.format = KeyValueFormat(self.inputs, "\n", _LITERALS)
+        self.format = KeyValueFormat(every_upstream_key(upstream), "\n", _LITERALS)
 
     def record(self, event: Event) -> str:
         return BOUNDARY + self.format.items(event)

@@ -95,7 +95,7 @@ def direction(get: Callable[[str], Any], keys: Direction) -> str:
 def flow_line(event: Event) -> str:
     """The ``print`` text of a flow event."""
     get = event.get
-    tag = _EVENT_TAGS.get(get("ct.event"), "")
+    tag = _EVENT_TAGS.get(get("ct.event", 0), "")
     return f"{tag}ORIG: {direction(get, ORIG)}, REPLY: {direction(get, REPLY)}\n"
 
 
