@@ -174,7 +174,10 @@ class Pipeline:
             settings = self.config.settings(instance_id, plugin_name, cls.options)
             elements.append(cls(instance_id, settings, self.context))
         stack = Stack(line, where, elements)
-        for index in range(len(elements) - 1, 0, -1):
+        # Down to the input (index 0, nothing upstream); a shared input was
+        # configured by its first stack already.
+        last_configured = 1 if elements[0].id in self.inputs else 0
+        for index in range(len(elements) - 1, last_configured - 1, -1):
             elements[index].configure(elements[:index])
         self._resolve(stack)
         for index in range(1, len(elements)):
