@@ -1,7 +1,7 @@
 """PRINTFLOW, PWSNIFF, NACCT, OPRINT and GPRINT on synthetic events (no kernel).
 
 Flow events follow the NFCT contract (ulogd's key names, addresses as 4/16 bytes,
-IP2STR's ``.str`` keys); packet events come from the real BASE and IP2STR plugins run on
+IP2STR's ``.str`` keys) and NFCT's key declarations; packet events come from the real BASE and IP2STR plugins run on
 the packets of ulogd2.md Appendix B, so OPRINT/GPRINT are checked against B.3/B.4.
 The kernel tests are in tests/test_flow_differential.py.
 """
@@ -53,26 +53,6 @@ class FakeUnixsock(InputPlugin):
         ("raw.mac.addrlen", T.UINT16), ("nufw.user.name", T.STRING),
         ("nufw.user.id", T.UINT32), ("nufw.os.name", T.STRING), ("nufw.os.rel", T.STRING),
         ("nufw.os.vers", T.STRING), ("nufw.app.name", T.STRING),
-    )  # fmt: skip
-
-
-class FakeNfct(InputPlugin):
-    """The NFCT contract's keys, in ulogd's order (icmpv6.* as in ulogd 2.0.9)."""
-
-    name = "NFCT"
-    output_keys = keys(
-        ("orig.ip.saddr", T.IPADDR), ("orig.ip.daddr", T.IPADDR), ("orig.ip.protocol", T.UINT8),
-        ("orig.l4.sport", T.UINT16), ("orig.l4.dport", T.UINT16),
-        ("orig.raw.pktlen", T.UINT64), ("orig.raw.pktcount", T.UINT64),
-        ("reply.ip.saddr", T.IPADDR), ("reply.ip.daddr", T.IPADDR),
-        ("reply.ip.protocol", T.UINT8), ("reply.l4.sport", T.UINT16),
-        ("reply.l4.dport", T.UINT16), ("reply.raw.pktlen", T.UINT64),
-        ("reply.raw.pktcount", T.UINT64), ("icmp.code", T.UINT8), ("icmp.type", T.UINT8),
-        ("icmpv6.type", T.UINT8), ("icmpv6.code", T.UINT8), ("ct.mark", T.UINT32),
-        ("ct.id", T.UINT32), ("ct.event", T.UINT32), ("flow.start.sec", T.UINT32),
-        ("flow.start.usec", T.UINT32), ("flow.end.sec", T.UINT32),
-        ("flow.end.usec", T.UINT32), ("oob.family", T.UINT8), ("oob.protocol", T.UINT8),
-        ("ct", T.RAW),
     )  # fmt: skip
 
 
@@ -257,7 +237,7 @@ def test_nacct_lines(tmp_path: Path) -> None:
         {k: v for k, v in flow("192.0.2.1", "192.0.2.2", 47).items() if k != "flow.end.sec"},
         {},
     ]
-    text = output(plugins()["NACCT"], tmp_path / "nacct.log", chain(FakeNfct), events)
+    text = output(plugins()["NACCT"], tmp_path / "nacct.log", chain(plugins()["NFCT"]), events)
     assert text.splitlines() == [
         "1700000042\t6\t192.0.2.1\t40000\t198.51.100.2\t80\t4\t400",
         "1700000042\t1\t192.0.2.1\t8\t192.0.2.2\t0\t4\t400",
@@ -376,7 +356,7 @@ def test_gprint_appendix_b3(tmp_path: Path) -> None:
 
 
 def test_gprint_without_timestamp_and_empty_events(tmp_path: Path) -> None:
-    upstream = chain(FakeNfct)
+    upstream = chain(plugins()["NFCT"])
     event = flow("192.0.2.1", "192.0.2.2", 17, 1, 2)
     text = output(plugins()["GPRINT"], tmp_path / "gp.log", upstream, [event, {}])
     assert text.splitlines() == [
@@ -396,12 +376,12 @@ def test_oprint_flow_with_nfct_keys(tmp_path: Path) -> None:
     """The seed stack ct1:NFCT,op1:OPRINT: addresses of both families as text, ct raw."""
     event = flow("2001:db8::1", "2001:db8::2", 58,
                  more={"icmpv6.type": 128, "icmpv6.code": 0, "ct": object()})
-    text = output(plugins()["OPRINT"], tmp_path / "op.log", chain(FakeNfct), [event])
+    text = output(plugins()["OPRINT"], tmp_path / "op.log", chain(plugins()["NFCT"]), [event])
     assert text == (
         "===>PACKET BOUNDARY\norig.ip.saddr=2001:db8::1\norig.ip.daddr=2001:db8::2\n"
         "orig.ip.protocol=58\norig.raw.pktlen=300\norig.raw.pktcount=5\n"
         "reply.ip.saddr=2001:db8::2\nreply.ip.daddr=2001:db8::1\nreply.ip.protocol=58\n"
-        "reply.raw.pktlen=400\nreply.raw.pktcount=4\nicmpv6.type=128\nicmpv6.code=0\n"
+        "reply.raw.pktlen=400\nreply.raw.pktcount=4\nicmpv6.code=0\nicmpv6.type=128\n"
         "ct.mark=0\nct.id=4660\nct.event=4\nflow.start.sec=1700000000\n"
         "flow.start.usec=250000\nflow.end.sec=1700000042\nflow.end.usec=500000\n"
         "oob.family=10\noob.protocol=0\nct=default\n"
@@ -419,7 +399,7 @@ class Odd(Plugin):
 def test_oprint_and_gprint_value_kinds(tmp_path: Path) -> None:
     """NONE prints <none>, RAWSTR default in OPRINT; GPRINT leaves both out; INT64 and
     BOOL are numbers; a '%' in a name or value is not a format."""
-    upstream = chain(FakeNfct, Odd)
+    upstream = chain(plugins()["NFCT"], Odd)
     event = {"odd.none": 7, "odd.rawstr": "0x01", "odd.int64": -5, "odd.bool": 1,
              "odd%s": "100%", "oob.family": 2}
     assert output(plugins()["OPRINT"], tmp_path / "op.log", upstream, [event]) == (
@@ -432,16 +412,16 @@ def test_oprint_and_gprint_value_kinds(tmp_path: Path) -> None:
 
 
 def test_gprint_reads_only_what_it_prints() -> None:
-    gprint = instance(plugins()["GPRINT"], upstream=chain(FakeNfct))
+    gprint = instance(plugins()["GPRINT"], upstream=chain(plugins()["NFCT"]))
     names = [key.name for key in gprint.inputs]
     assert "ct" not in names and names[:2] == ["orig.ip.saddr", "orig.ip.daddr"]
-    oprint = instance(plugins()["OPRINT"], upstream=chain(FakeNfct))
+    oprint = instance(plugins()["OPRINT"], upstream=chain(plugins()["NFCT"]))
     assert "ct" in [key.name for key in oprint.inputs]
 
 
 @pytest.mark.parametrize("name", ["OPRINT", "GPRINT"])
 def test_wildcard_outputs_drop_events_with_bad_values(name: str, tmp_path: Path) -> None:
-    plugin = instance(plugins()[name], {"file": str(tmp_path / "x.log")}, chain(FakeNfct))
+    plugin = instance(plugins()[name], {"file": str(tmp_path / "x.log")}, chain(plugins()["NFCT"]))
     plugin.start()
     good = flow("192.0.2.1", "192.0.2.2", 17, 1, 2)
     passed, results = run(plugin, [{"ct.mark": "seven"}, {"orig.ip.saddr": 5}, good])
@@ -452,7 +432,7 @@ def test_wildcard_outputs_drop_events_with_bad_values(name: str, tmp_path: Path)
 
 def test_layouts_per_key_set_stay_correct(tmp_path: Path) -> None:
     """Events of different shapes interleaved (the layout cache) print their own keys."""
-    upstream = chain(FakeNfct)
+    upstream = chain(plugins()["NFCT"])
     tcp = flow("192.0.2.1", "192.0.2.2", 6, 1, 2)
     icmp = flow("192.0.2.3", "192.0.2.4", 1, more={"icmp.type": 8, "icmp.code": 0})
     lines = output(plugins()["GPRINT"], tmp_path / "gp.log", upstream,
