@@ -49,7 +49,7 @@ class LogLimiter:
         self._level = level
         if self._sent < self.burst:
             self._sent += 1
-            self.log.log(level, message, *args)
+            self.log.log(level, message, *args, stacklevel=2)
         else:
             self._suppressed += 1
 
