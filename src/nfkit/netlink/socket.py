@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import struct
 from types import TracebackType
 
 from nfkit.netlink.errors import BufferOverrun, DecodeError, NetlinkError
@@ -90,6 +91,15 @@ class NetlinkSocket:
     def set_timeout(self, seconds: float | None) -> None:
         self._sock.settimeout(seconds)
 
+    def set_receive_timeout(self, seconds: float) -> None:
+        """SO_RCVTIMEO: a blocking recv gives up (BlockingIOError) after ``seconds``.
+
+        Unlike :meth:`set_timeout` it costs no poll() before each recv.
+        """
+        whole = int(seconds)
+        timeval = struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
     # -- I/O -----------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
@@ -99,8 +109,8 @@ class NetlinkSocket:
         except OSError as exc:
             raise NetlinkError.from_errno(exc.errno or errno.EIO, "send") from None
 
-    def recv(self) -> bytes:
-        """Receive one datagram.
+    def recv(self, flags: int = 0) -> bytes:
+        """Receive one datagram; ``flags`` are extra MSG_* flags (MSG_DONTWAIT).
 
         Raises:
             BufferOverrun: the kernel dropped messages since the last read.
@@ -108,7 +118,7 @@ class NetlinkSocket:
             DecodeError: the datagram did not fit the receive buffer.
         """
         try:
-            size = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
+            size = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC | flags)
         except (BlockingIOError, TimeoutError, InterruptedError):
             raise
         except OSError as exc:
