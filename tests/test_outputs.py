@@ -336,6 +336,10 @@ def test_info_matches_ulogd(name: str) -> None:
         expected = expected.replace(
             "LOG_NOTICE)\n", "LOG_NOTICE)\n\tVar: socket_path (String, Default: /dev/log)\n"
         )
+    if name == "PCAP":  # documented nfkit option
+        expected = expected.replace(
+            "Default: 0)\nInput", "Default: 0)\n\tVar: linktype (Integer, Default: 101)\nInput"
+        )
     if name == "SQLITE3":  # ulogd2's bogus third option line is not reproduced
         expected = expected.replace("\tVar:  (Unknown)\n", "")
     assert describe(plugins()[name]) == expected
