@@ -1,0 +1,468 @@
+"""The XML output: records, documents, files, and ulogd 2.0.8 on the same traffic.
+
+Unit tests drive the plugin's functions and instances directly; the lab tests
+log real packets (NFLOG), flows (NFCT) and accounting objects (NFACCT) and
+compare every record with what Debian's ulogd 2.0.8 writes for the same
+traffic, masking only the ``<when>`` times ("now" for ulogd) and file names.
+Every document nfkit writes is parsed with ``xml.etree``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import struct
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfkit import nflog
+from nfkit.conntrack.codec import encode_flow
+from nfkit.conntrack.const import CTA_ID, CTA_USE
+from nfkit.conntrack.model import (
+    Counters,
+    DCCPInfo,
+    Flow,
+    SCTPInfo,
+    Status,
+    TCPInfo,
+    Tuple,
+)
+from nfkit.lab import Lab, unavailable_reason
+from nfkit.logd.errors import ConfigError
+from nfkit.logd.keys import KeyType, keys
+from nfkit.logd.plugin import ERROR, Context, DataType, InputPlugin, Settings
+from nfkit.logd.plugins import xml_output
+from nfkit.logd.plugins.nflog import NFLOG, GroupReader
+from nfkit.netlink.codec import NLMSGHDR, attr, nfgenmsg
+from nfkit.nflog import LogPacket
+from reference import DaemonRun, iptables_restore, missing_reference, plugin_path, remove_workdir
+
+# -- helpers -------------------------------------------------------------------------------
+
+WHEN = re.compile(r"<when>.*?</when>")
+SUM_TIME = re.compile(r"<hour>\d+</hour><min>\d\d</min><sec>\d\d</sec><wday>\d</wday>"
+                      r"<day>\d+</day><month>\d+</month><year>\d+</year>")  # fmt: skip
+ROOTS = {"pkt": "packet", "flow": "conntrack", "sum": "sum"}
+
+
+def make_xml(tmp_path: Path, upstream: InputPlugin | None = None, **options: Any) -> Any:
+    """An XML instance configured behind ``upstream`` (an NFLOG by default)."""
+    values = {"directory": str(tmp_path), "sync": 1, "stdout": 0} | options
+    context = Context(None, logging.getLogger("nfkit.logd.test"))
+    if upstream is None:
+        upstream = NFLOG("log1", Settings("log1", {}, {}), context)
+    plugin = xml_output.XML("xml1", Settings("xml1", values, {}), context)
+    plugin.configure([upstream])
+    return plugin
+
+
+NAME = re.compile(r"ulogd-(?:pkt|flow|sum)-(\d{8}-\d{6})(?:-(\d+))?\.xml")
+
+
+def documents(directory: Path, infix: str) -> list[Path]:
+    """The XML files of one kind in ``directory``, in the order they were opened
+    (within a second: ``name.xml``, ``name-2.xml``, ...)."""
+
+    def order(path: Path) -> tuple[str, int]:
+        m = NAME.fullmatch(path.name)
+        assert m, path.name
+        return m[1], int(m[2] or 1)
+
+    return sorted((Path(p) for p in glob.glob(str(directory / f"ulogd-{infix}-*.xml"))), key=order)
+
+
+def parse_document(path: Path, infix: str) -> list[str]:
+    """Check that ``path`` is one well-formed document; return its record lines."""
+    root = ET.parse(path).getroot()
+    assert root.tag == ROOTS[infix]
+    lines = path.read_text().splitlines()
+    assert lines[0] == '<?xml version="1.0" encoding="utf-8"?>'
+    assert lines[1] == f"<{ROOTS[infix]}>" and lines[-1] == f"</{ROOTS[infix]}>"
+    for line in lines[2:-1]:
+        ET.fromstring(f"<r>{line}</r>")  # each record on its own is well-formed too
+    return lines[2:-1]
+
+
+def reference_records(path: Path, infix: str) -> list[str]:
+    """ulogd's records (its prefixes are not escaped: no XML parsing)."""
+    lines = path.read_text(errors="surrogateescape").splitlines()
+    assert lines[:2] == ['<?xml version="1.0" encoding="utf-8"?>', f"<{ROOTS[infix]}>"]
+    assert lines[-1] == f"</{ROOTS[infix]}>"
+    return lines[2:-1]
+
+
+def masked(record: str) -> str:
+    """A record without the times the daemons take from their own clocks."""
+    return SUM_TIME.sub("<time/>", WHEN.sub("<when/>", record))
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def log_packet(**fields: Any) -> LogPacket:
+    packet = LogPacket(2, 1, b"", 0, 0)
+    for name, value in fields.items():
+        setattr(packet, name, value)
+    return packet
+
+
+def test_packet_record_has_nflog_snprintf_xml_layout() -> None:
+    packet = log_packet(
+        prefix="in", hook=1, hw_protocol=0x800, hwaddr=bytes.fromhex("020000000001"), mark=42,
+        indev=3, outdev=0, physindev=5, payload=b"\x45\x00\xff",
+    )  # fmt: skip
+    assert xml_output.packet_xml(packet, "T") == (
+        "<log><when>T</when><prefix>in</prefix><hook>1</hook><hw><proto>0800</proto>"
+        "<src>020000000001</src></hw><mark>42</mark><indev>3</indev><physindev>5</physindev>"
+        "<payload>4500ff</payload></log>"
+    )
+    # no packet header: no hook and no hw; no prefix attribute: no prefix element
+    assert xml_output.packet_xml(log_packet(payload=b""), "T") == (
+        "<log><when>T</when><payload></payload></log>"
+    )
+    # a header without a hardware address; the conntrack id of an attached conntrack
+    ct = bytes.fromhex("0800 0c00 0000 0102")  # CTA_ID = 258
+    assert xml_output.packet_xml(log_packet(hook=3, hw_protocol=0x86DD, ct=ct), "T") == (
+        "<log><when>T</when><hook>3</hook><hw><proto>86dd</proto></hw><ctid>258</ctid></log>"
+    )
+
+
+def test_prefix_is_escaped_into_well_formed_xml() -> None:
+    prefix = 'a<b&c>"d\x01' + b"\xff".decode("utf-8", "surrogateescape")
+    record = xml_output.packet_xml(log_packet(prefix=prefix), "T")
+    assert '<prefix>a&lt;b&amp;c&gt;"d\ufffd\ufffd</prefix>' in record
+    assert ET.fromstring(record).findtext("prefix") == 'a<b&c>"d\ufffd\ufffd'
+
+
+def test_time_fields_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    try:
+        # 2023-11-15 00:13:20 in Paris, a Wednesday: C's tm_wday 3, printed + 1
+        assert xml_output.time_fields(1700003600) == (
+            "<hour>0</hour><min>13</min><sec>20</sec><wday>4</wday><day>15</day>"
+            "<month>11</month><year>2023</year>"
+        )
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def tcp_flow(**fields: Any) -> Flow:
+    orig = Tuple(2, "192.0.2.1", "192.0.2.2", 6, 40000, 80)
+    return Flow(orig=orig, reply=orig.inverted(), **fields)
+
+
+def test_flow_record_has_nfct_snprintf_xml_layout() -> None:
+    flow = tcp_flow(
+        status=Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED, timeout=431999, mark=7,
+        use=1, id=1234, counters_orig=Counters(3, 180), counters_reply=Counters(2, 112),
+        protoinfo=TCPInfo(state=3), start=10 * 10**9, stop=12 * 10**9 + 5, helper="ftp",
+    )  # fmt: skip
+    assert xml_output.flow_xml(flow, "T", 0) == (
+        '<flow><meta direction="original"><layer3 protonum="2" protoname="ipv4">'
+        "<src>192.0.2.1</src><dst>192.0.2.2</dst></layer3>"
+        '<layer4 protonum="6" protoname="tcp"><sport>40000</sport><dport>80</dport></layer4>'
+        "<counters><packets>3</packets><bytes>180</bytes></counters></meta>"
+        '<meta direction="reply"><layer3 protonum="2" protoname="ipv4">'
+        "<src>192.0.2.2</src><dst>192.0.2.1</dst></layer3>"
+        '<layer4 protonum="6" protoname="tcp"><sport>80</sport><dport>40000</dport></layer4>'
+        "<counters><packets>2</packets><bytes>112</bytes></counters></meta>"
+        '<meta direction="independent"><state>ESTABLISHED</state><timeout>431999</timeout>'
+        "<mark>7</mark><use>1</use><id>1234</id><assured/><deltatime>2</deltatime></meta>"
+        "<when>T</when><helper>ftp</helper></flow>"
+    )
+
+
+def test_flow_record_variants() -> None:
+    icmp = Tuple(10, "2001:db8::1", "2001:db8::2", 58, icmp_type=128, icmp_code=0, icmp_id=9)
+    flow = Flow(orig=icmp, reply=icmp.inverted(), status=Status(0), start=100 * 10**9)
+    record = xml_output.flow_xml(flow, "T", 105)
+    assert '<layer3 protonum="10" protoname="ipv6"><src>2001:db8::1</src>' in record
+    assert '<layer4 protonum="58" protoname="icmpv6"></layer4></meta>' in record
+    # no reply seen; no end yet: seconds since the start
+    assert '<meta direction="independent"><unreplied/><deltatime>5</deltatime></meta>' in record
+    gre = Tuple(2, "192.0.2.1", "192.0.2.2", 47, 0x10, 0x20, zone=3)
+    record = xml_output.flow_xml(Flow(orig=gre, reply=gre.inverted()), "T", 0)
+    assert "<srckey>0x10</srckey><dstkey>0x20</dstkey></layer4><zone>3</zone></meta>" in record
+    assert "independent" not in record  # nothing to say about it
+    # SCTP and DCCP states by their own names (libnetfilter_conntrack uses TCP's)
+    sctp = Tuple(2, "192.0.2.1", "192.0.2.2", 132, 1, 2)
+    record = xml_output.flow_xml(Flow(orig=sctp, protoinfo=SCTPInfo(state=4)), "T", 0)
+    assert "<state>ESTABLISHED</state>" in record
+    assert '<meta direction="reply"><layer3 protonum="2" protoname="ipv4"><src></src>' in record
+    record = xml_output.flow_xml(Flow(orig=sctp, protoinfo=DCCPInfo(state=4)), "T", 0)
+    assert "<state>OPEN</state>" in record
+
+
+def test_sum_record_has_nfacct_snprintf_xml_layout() -> None:
+    assert xml_output.sum_xml("web<1>", 5, 420, "<hour>1</hour>") == (
+        "<obj><name>web&lt;1&gt;</name><pkts>00000000000000000005</pkts>"
+        "<bytes>00000000000000000420</bytes><hour>1</hour></obj>"
+    )
+
+
+def nflog_datagram(*payloads: bytes) -> bytes:
+    """An NFLOG datagram of IPv4 packets logged on INPUT with prefix "in"."""
+    out = b""
+    for payload in payloads:
+        body = nfgenmsg(2, 7) + attr(nflog.ATTR_PACKET_HDR, struct.pack("!HBx", 0x800, 1))
+        body += attr(nflog.ATTR_PREFIX, b"in\0") + attr(nflog.ATTR_PAYLOAD, payload)
+        out += NLMSGHDR.pack(16 + len(body), nflog.MSG_PACKET, 0, 0, 0) + body
+    return out
+
+
+def test_nflog_gives_packets_as_raw_only_to_stacks_that_read_raw() -> None:
+    settings = {opt.name: opt.default for opt in NFLOG.options}
+    log = NFLOG("log1", Settings("log1", settings, {}), Context())
+    log.wanted = {"oob.prefix", "raw.pkt"}
+    parser, _ = GroupReader.parser_for([log])
+    assert type(parser) is nflog.PacketParser  # the hot path without XML
+    log.wanted = {"raw"}
+    parser, _ = GroupReader.parser_for([log])
+    for _ in range(2):  # the generic walk, then the compiled layout
+        events, _others = parser.parse(nflog_datagram(b"\x45one", b"\x45two"))
+        assert [(e["raw.pkt"], e["raw"].payload, e["raw"].prefix) for e in events] == [
+            (b"\x45one", b"\x45one", "in"),
+            (b"\x45two", b"\x45two", "in"),
+        ]
+
+
+def test_conntrack_attached_to_a_packet_becomes_a_flow_record(tmp_path: Path) -> None:
+    # what NFLOG's attach_conntrack=1 adds: the conntrack's attributes, nested
+    flow = tcp_flow(status=Status.CONFIRMED, id=77, use=1)
+    ct = encode_flow(flow, create=False) + attr(CTA_USE, struct.pack("!I", 1))
+    ct += attr(CTA_ID, struct.pack("!I", 77))
+    plugin = make_xml(tmp_path)
+    plugin.start()
+    packet = log_packet(payload=b"", ct=ct)
+    assert plugin.interp({"raw": packet, "ct": ct}) is None
+    bad = {"raw": log_packet(payload=b""), "ct": b"\x03\x00"}
+    assert plugin.interp(bad) is None  # the packet is written, the conntrack skipped
+    plugin.stop()
+    attached, alone = parse_document(documents(tmp_path, "pkt")[0], "pkt")
+    assert "<ctid>77</ctid><payload></payload></log><flow>" in attached
+    assert masked(attached).endswith(masked(xml_output.flow_xml(flow, "", 0)))
+    assert "<flow>" not in alone and plugin.undecodable == 1
+
+
+# -- documents and files ----------------------------------------------------------------------
+
+
+def test_document_per_file_and_records_of_any_size(tmp_path: Path) -> None:
+    plugin = make_xml(tmp_path)
+    plugin.start()
+    big = log_packet(prefix="big", payload=bytes(5000))
+    assert plugin.interp({"raw": big}) is None
+    assert plugin.interp({"oob.prefix": "no packet"}) == ERROR
+    plugin.stop()
+    (path,) = documents(tmp_path, "pkt")
+    assert re.fullmatch(r"ulogd-pkt-\d{8}-\d{6}\.xml", path.name)
+    (record,) = parse_document(path, "pkt")
+    assert len(record) > 10000 and record.endswith("0" * 10000 + "</payload></log>")
+
+
+def test_reopen_within_one_second_starts_new_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xml_output.time, "time", lambda: 1700000000.5)
+    plugin = make_xml(tmp_path)
+    plugin.start()
+    for number in range(3):
+        plugin.interp({"raw": log_packet(prefix=str(number), payload=b"")})
+        plugin.reopen()
+    plugin.stop()
+    stamp = time.strftime("%d%m%Y-%H%M%S", time.localtime(1700000000))
+    paths = documents(tmp_path, "pkt")
+    assert [p.name for p in paths] == [
+        f"ulogd-pkt-{stamp}{suffix}.xml" for suffix in ("", "-2", "-3", "-4")
+    ]
+    records = [parse_document(path, "pkt") for path in paths]
+    assert [[ET.fromstring(r).findtext("prefix") for r in rs] for rs in records] == [
+        ["0"],
+        ["1"],
+        ["2"],
+        [],
+    ]
+
+
+def test_reopen_keeps_the_file_when_the_directory_is_gone(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    plugin = make_xml(directory)
+    plugin.start()
+    directory.rename(tmp_path / "moved")
+    plugin.reopen()  # logs an error, goes on with the open file
+    plugin.interp({"raw": log_packet(payload=b"\x01")})
+    plugin.stop()
+    (path,) = documents(tmp_path / "moved", "pkt")
+    (record,) = parse_document(path, "pkt")
+    assert record.endswith("<payload>01</payload></log>")
+
+
+def test_stdout_mode(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    plugin = make_xml(tmp_path, stdout=1)
+    plugin.start()
+    plugin.interp({"raw": log_packet(payload=b"\x01")})
+    plugin.reopen()  # nothing to rotate
+    plugin.stop()
+    out = capfd.readouterr().out
+    assert ET.fromstring(out.split("\n", 1)[1]).tag == "packet"
+    assert out.count("<log>") == 1 and not documents(tmp_path, "pkt")
+
+
+def test_document_kind_follows_the_input(tmp_path: Path) -> None:
+    context = Context()
+
+    class Flows(InputPlugin):
+        name = "NFCT"
+        output_type = DataType.FLOW
+        output_keys = keys(("ct", KeyType.RAW))
+
+    class Packets(InputPlugin):
+        name = "UNIXSOCK"
+        output_type = DataType.RAW
+        output_keys = keys(("raw.pkt", KeyType.RAW))
+
+    plugin = make_xml(tmp_path, Flows("ct1", Settings("ct1", {}, {}), context))
+    assert (plugin.infix, plugin.root) == ("flow", "conntrack")
+    with pytest.raises(ConfigError, match="UNIXSOCK provides no packet"):
+        make_xml(tmp_path, Packets("unix1", Settings("unix1", {}, {}), context))
+
+
+# -- through the kernel, beside ulogd 2.0.8 -------------------------------------------------
+
+GROUPS = {"ulogd": 1, "nfkit": 2}
+MARK = 0x2A
+TCP_PORT, UDP_PORT, UDP_SPECIAL = 8080, 5000, 5001
+BIG = 3000  # bytes: its hex payload alone overflows ulogd's 4096-byte record buffer
+#: ulogd writes this prefix as it is (invalid XML); nfkit escapes it.
+SPECIAL_PREFIX = b'x<&>"\xff'
+SPECIAL_ESCAPED = 'x&lt;&amp;&gt;"\ufffd'
+
+
+def logging_rules(ipv6: bool) -> bytes:
+    """Each packet in and out of b logged to both groups (one transaction)."""
+    lines = [b"*filter"]
+    for chain in ("INPUT", "OUTPUT"):
+        for group in GROUPS.values():
+            special = f"-A {chain} -p udp --dport {UDP_SPECIAL} -j NFLOG --nflog-group {group}"
+            quoted = SPECIAL_PREFIX.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+            lines.append(special.encode() + b' --nflog-prefix "' + quoted + b'"')
+            lines.append(f"-A {chain} -j NFLOG --nflog-group {group}".encode()
+                         + (b' --nflog-prefix "in"' if chain == "INPUT" else b""))  # fmt: skip
+    lines.append(b"-A INPUT -p udp --dport %d -j ACCEPT" % UDP_SPECIAL)
+    return b"\n".join([*lines, b"COMMIT", b""])
+
+
+STOP_LOGGING = "*filter\n-I INPUT 1 -j ACCEPT\n-I OUTPUT 1 -j ACCEPT\nCOMMIT\n"
+
+
+def daemon_config(kind: str, workdir: Path, stack: str, sections: dict[str, dict[str, Any]]
+                  ) -> str:  # fmt: skip
+    """A configuration both daemons read; the XML files go to ``workdir``."""
+    lines = ["[global]", f'logfile="{workdir / "daemon.log"}"', "loglevel=3"]
+    lines += [f'plugin="{plugin_path(t.split(":")[1])}"' for t in stack.split(",")]
+    lines.append(f"stack={stack}")
+    for section, values in (sections | {"xml1": {"directory": str(workdir), "sync": 1}}).items():
+        lines += ["", f"[{section}]", *(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
+                                        for k, v in values.items())]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def lab_or_skip(stack: str) -> None:
+    reason = unavailable_reason() or missing_reference([stack])
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="nfkit-xml-"))
+    yield path
+    remove_workdir(path)
+
+
+def generate_packets(lab: Lab) -> None:
+    a, b = lab.a, lab.b
+    assert a.ip4 and a.ip6 and b.ip4 and b.ip6
+    for dst in (b.ip4, b.ip6):
+        assert lab.ping(a, dst, count=2, interval=0.05)
+        assert lab.tcp_exchange(a, dst, TCP_PORT, data=b"xml") == b"xml"
+        lab.udp(a, dst, UDP_PORT, count=1, size=BIG)
+        lab.udp(a, dst, UDP_SPECIAL, count=1, size=16)
+
+
+def compare_records(ulogd: list[str], nfkit: list[str]) -> list[str]:
+    """Differences between the two daemons' records, masked; empty when equal."""
+    expected = [masked(r).replace(
+        "<prefix>" + SPECIAL_PREFIX.decode("utf-8", "surrogateescape") + "</prefix>",
+        f"<prefix>{SPECIAL_ESCAPED}</prefix>") for r in ulogd]  # fmt: skip
+    actual = [masked(r) for r in nfkit]
+    problems = [
+        f"record {n}:\n  ulogd {e}\n  nfkit {a}"
+        for n, (e, a) in enumerate(zip(expected, actual, strict=False), 1)
+        if e != a
+    ]
+    if len(expected) != len(actual):
+        problems.append(f"{len(actual)} records, ulogd {len(expected)}")
+    return problems
+
+
+@pytest.mark.lab
+@pytest.mark.reference
+def test_nflog_packets_match_ulogd(workdir: Path) -> None:
+    stack = "log1:NFLOG,xml1:XML"
+    lab_or_skip(stack)
+    with Lab() as lab:
+        iptables_restore(lab, lab.b, f"*mangle\n-A PREROUTING -p tcp -j MARK --set-mark {MARK}\n"
+                                     "COMMIT\n")  # fmt: skip
+        runs = {}
+        try:
+            for kind, group in GROUPS.items():
+                config = daemon_config(kind, workdir / kind, stack, {"log1": {"group": group}})
+                runs[kind] = DaemonRun(lab, lab.b, kind, workdir / kind, config).start()
+            iptables_restore(lab, lab.b, logging_rules(ipv6=False))
+            iptables_restore(lab, lab.b, logging_rules(ipv6=True), ipv6=True)
+            before = time.time()
+            generate_packets(lab)
+            iptables_restore(lab, lab.b, STOP_LOGGING)
+            iptables_restore(lab, lab.b, STOP_LOGGING, ipv6=True)
+            time.sleep(1.5)  # the kernel flushes NFLOG batches after at most 1 s
+            after = time.time()
+            for run in runs.values():
+                assert run.stop() == 0, run.diagnostics()
+        finally:
+            for run in runs.values():
+                run.kill()
+    (ulogd_file,) = documents(workdir / "ulogd", "pkt")
+    (nfkit_file,) = documents(workdir / "nfkit", "pkt")
+    nfkit = parse_document(nfkit_file, "pkt")
+    ulogd = reference_records(ulogd_file, "pkt")
+    assert len(ulogd) >= 20
+    # ulogd drops what does not fit its 4096-byte buffer: the big datagrams
+    big = [r for r in nfkit if len(r) >= 4096]
+    assert big and all("00" * 1000 in r for r in big)
+    assert not compare_records(ulogd, [r for r in nfkit if len(r) < 4096]), "\n".join(
+        compare_records(ulogd, [r for r in nfkit if len(r) < 4096])
+    )
+    # what the traffic must have produced
+    logs = [ET.fromstring(f"<r>{r}</r>") for r in nfkit]
+    prefixes = {log.findtext("log/prefix") for log in logs}
+    assert prefixes == {"in", "", 'x<&>"\ufffd'}
+    assert any(log.findtext("log/mark") == str(MARK) for log in logs)
+    # nfkit's <when> of inbound packets is the kernel's timestamp
+    low, high = time.localtime(before)[:6], time.localtime(after)[:6]
+    for log in logs:
+        when = log.find("log/when")
+        assert when is not None
+        stamp = tuple(int(when.findtext(tag) or 0)
+                      for tag in ("year", "month", "day", "hour", "min", "sec"))  # fmt: skip
+        assert low <= stamp <= high
