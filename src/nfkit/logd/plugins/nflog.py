@@ -21,6 +21,7 @@ from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import Context, DataType, InputPlugin, Option
 from nfkit.logd.registry import register
 from nfkit.netlink import BufferOverrun, NetlinkError, NetlinkPermissionError
+from nfkit.netlink.codec import Message
 from nfkit.netlink.errors import DecodeError
 
 T = KeyType
@@ -53,6 +54,25 @@ READS_PER_WAKEUP = 32
 # The kernel's largest NFLOG batch buffer; its default (~3.7 KB) holds ~20 small packets.
 MAX_NLBUFSIZ = 131072
 MIN_NLBUFSIZ = 4096
+
+
+class PacketsWithRaw(nflog.PacketParser[Event]):
+    """A parser of event dicts that also gives each its packet object as ``raw``.
+
+    Only stacks that read ``raw`` (XML) pay for the second, object-building
+    parse of each datagram; the others keep the plain dict parser.
+    """
+
+    def __init__(self, names: dict[str, str], fill: dict[str, Any]) -> None:
+        super().__init__(names, fill)
+        self.packets = nflog.PacketParser[nflog.LogPacket]()
+
+    def parse(self, data: bytes) -> tuple[list[Event], list[Message]]:
+        events, others = super().parse(data)
+        packets, _ = self.packets.parse(data)
+        for event, packet in zip(events, packets, strict=True):
+            event["raw"] = packet
+        return events, others
 
 
 class GroupReader:
@@ -170,7 +190,8 @@ class GroupReader:
                 else {}
             )
         fill = {"mark": 0, "ts_sec": nflog.NOW, "ts_usec": nflog.NOW, nflog.CONSTANTS: constants}
-        return nflog.PacketParser(names, fill), names["seq"]
+        parser = PacketsWithRaw if "raw" in wanted else nflog.PacketParser
+        return parser(names, fill), names["seq"]
 
     def stop(self) -> None:
         if self.sock is not None:
