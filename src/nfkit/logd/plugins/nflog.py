@@ -70,6 +70,8 @@ class PacketsWithRaw(nflog.PacketParser[Event]):
     def parse(self, data: bytes) -> tuple[list[Event], list[Message]]:
         events, others = super().parse(data)
         packets, _ = self.packets.parse(data)
+        if len(packets) != len(events):  # cannot happen: the same walk; never pair wrongly
+            raise DecodeError(f"{len(packets)} packet objects for {len(events)} events")
         for event, packet in zip(events, packets, strict=True):
             event["raw"] = packet
         return events, others
