@@ -90,9 +90,11 @@ class NFACCT(InputPlugin):
         stamp = time.time_ns() // 1000
         try:
             objects = self.client.list(reset=self._reset)
-        except (NetlinkError, DecodeError, OSError) as exc:
+        except (DecodeError, OSError) as exc:  # NetlinkError is an OSError
             self.failures += 1
-            self._report(logging.ERROR, "NFACCT %s: reading the counters failed: %s", self.id, exc)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._report(logging.ERROR, "NFACCT %s: reading the counters failed: %s",
+                         self.id, reason)  # fmt: skip
             return
         if self.failures:
             self._report.flush()
