@@ -1,0 +1,297 @@
+"""A queued packet: the kernel's message, decoded only as far as it is read.
+
+The packet id, hook and hardware protocol sit at fixed offsets and are read
+when the packet arrives. Reading any other attribute walks the attributes
+once (remembering where each one is); each value is then decoded on access,
+and :attr:`QueuedPacket.headers` decodes L3/L4 with :mod:`nfkit.packet`
+only when asked.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from nfkit.conntrack.codec import decode_flow
+from nfkit.conntrack.model import Flow
+from nfkit.netlink.codec import attr_spans, get_string, nfgenmsg
+from nfkit.nfqueue.const import (
+    ATTR_CAP_LEN,
+    ATTR_CGROUP_CLASSID,
+    ATTR_CT,
+    ATTR_CT_INFO,
+    ATTR_GID,
+    ATTR_HWADDR,
+    ATTR_IFINDEX_INDEV,
+    ATTR_IFINDEX_OUTDEV,
+    ATTR_IFINDEX_PHYSINDEV,
+    ATTR_IFINDEX_PHYSOUTDEV,
+    ATTR_L2HDR,
+    ATTR_MARK,
+    ATTR_PAYLOAD,
+    ATTR_PRIORITY,
+    ATTR_SECCTX,
+    ATTR_SKB_INFO,
+    ATTR_TIMESTAMP,
+    ATTR_UID,
+    ATTR_VLAN,
+    VLAN_PROTO,
+    VLAN_TCI,
+    CtInfo,
+    SkbInfo,
+)
+from nfkit.packet import Packet, decode
+
+if TYPE_CHECKING:
+    from nfkit.nfqueue.queue import Queue
+    from nfkit.nfqueue.verdict import Verdict
+
+_BE16 = struct.Struct("!H")
+_BE32 = struct.Struct("!I")
+_TIMESTAMP = struct.Struct("!QQ")
+#: Where the attributes after NFQA_PACKET_HDR begin (nlmsghdr, nfgenmsg, PACKET_HDR).
+ATTRS_AT = 32
+
+
+class QueuedPacket:
+    """One packet waiting in a queue for its verdict.
+
+    Attributes the kernel did not send are None, except :attr:`mark` and
+    :attr:`priority`, which it only sends when they are not 0.
+
+    Give the verdict with :meth:`decide` (from any thread), or return it from
+    a handler.
+    """
+
+    __slots__ = ("_data", "_decoded", "_spans", "deadline", "family", "hook", "hw_protocol", "id",
+                 "queue")  # fmt: skip
+
+    def __init__(
+        self, queue: Queue, data: bytes, packet_id: int, hw_protocol: int, hook: int
+    ) -> None:
+        self.queue = queue
+        self._data = data
+        self.id = packet_id
+        self.hw_protocol = hw_protocol
+        self.hook = hook
+        self.family = data[16]
+        #: When the queue gives the default verdict (monotonic seconds), or None.
+        self.deadline: float | None = None
+        self._spans: dict[int, tuple[int, int]] | None = None
+        self._decoded: Packet | None = None
+
+    # -- verdicts ----------------------------------------------------------------------
+
+    def decide(self, verdict: Verdict) -> None:
+        """Give this packet its verdict, from any thread (see :meth:`Queue.decide`)."""
+        self.queue.decide(self, verdict)
+
+    def defer(self, timeout: float | None = None) -> Deferred:
+        """Keep the packet for a later :meth:`decide`; return this from a handler.
+
+        ``timeout`` seconds from now (default: the queue's deadline, counted
+        from the packet's arrival) the queue gives it its default verdict.
+        """
+        return Deferred(timeout)
+
+    # -- attributes --------------------------------------------------------------------
+
+    def _span(self, atype: int) -> tuple[int, int] | None:
+        spans = self._spans
+        if spans is None:
+            spans = self._spans = attr_spans(self._data, ATTRS_AT, len(self._data))
+        return spans.get(atype)
+
+    def _be32(self, atype: int) -> int | None:
+        span = self._span(atype)
+        if span is None or span[1] - span[0] < 4:
+            return None
+        return int(_BE32.unpack_from(self._data, span[0])[0])
+
+    def _bytes(self, atype: int) -> bytes | None:
+        span = self._span(atype)
+        return None if span is None else self._data[span[0] : span[1]]
+
+    @property
+    def payload(self) -> bytes | None:
+        """The packet from its network header (None in COPY_META mode)."""
+        return self._bytes(ATTR_PAYLOAD)
+
+    @property
+    def headers(self) -> Packet:
+        """The payload's L3/L4 headers (decoded once, see :func:`nfkit.packet.decode`)."""
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = decode(self.payload or b"", self.family, self.hw_protocol)
+        return decoded
+
+    @property
+    def mark(self) -> int:
+        return self._be32(ATTR_MARK) or 0
+
+    @property
+    def priority(self) -> int:
+        return self._be32(ATTR_PRIORITY) or 0
+
+    @property
+    def timestamp(self) -> float | None:
+        """Seconds since the epoch; only hooks up to FORWARD, and only if the skb had one."""
+        span = self._span(ATTR_TIMESTAMP)
+        if span is None or span[1] - span[0] < 16:
+            return None
+        sec, usec = _TIMESTAMP.unpack_from(self._data, span[0])
+        return float(sec + usec / 1e6)
+
+    @property
+    def indev(self) -> int | None:
+        return self._be32(ATTR_IFINDEX_INDEV)
+
+    @property
+    def outdev(self) -> int | None:
+        return self._be32(ATTR_IFINDEX_OUTDEV)
+
+    @property
+    def physindev(self) -> int | None:
+        return self._be32(ATTR_IFINDEX_PHYSINDEV)
+
+    @property
+    def physoutdev(self) -> int | None:
+        return self._be32(ATTR_IFINDEX_PHYSOUTDEV)
+
+    @property
+    def indev_name(self) -> str | None:
+        return self.queue.interface_name(self.indev)
+
+    @property
+    def outdev_name(self) -> str | None:
+        return self.queue.interface_name(self.outdev)
+
+    @property
+    def physindev_name(self) -> str | None:
+        return self.queue.interface_name(self.physindev)
+
+    @property
+    def physoutdev_name(self) -> str | None:
+        return self.queue.interface_name(self.physoutdev)
+
+    @property
+    def hwaddr(self) -> bytes | None:
+        """The source hardware address (input side with a MAC header only)."""
+        span = self._span(ATTR_HWADDR)
+        if span is None or span[1] - span[0] < 4:
+            return None
+        (length,) = _BE16.unpack_from(self._data, span[0])
+        return self._data[span[0] + 4 : min(span[0] + 4 + length, span[1])]
+
+    @property
+    def uid(self) -> int | None:
+        """The owning socket's uid (Flag.UID_GID)."""
+        return self._be32(ATTR_UID)
+
+    @property
+    def gid(self) -> int | None:
+        return self._be32(ATTR_GID)
+
+    @property
+    def secctx(self) -> str | None:
+        """The security context (Flag.SECCTX)."""
+        span = self._span(ATTR_SECCTX)
+        return None if span is None else get_string(self._data, span[0], span[1])
+
+    @property
+    def cgroup_classid(self) -> int | None:
+        return self._be32(ATTR_CGROUP_CLASSID)
+
+    @property
+    def skb_info(self) -> SkbInfo:
+        """Checksum and GSO state (SkbInfo(0) when the kernel sent none)."""
+        return SkbInfo(self._be32(ATTR_SKB_INFO) or 0)
+
+    @property
+    def cap_len(self) -> int | None:
+        """The packet's real length when the copy was truncated, else None."""
+        return self._be32(ATTR_CAP_LEN)
+
+    @property
+    def truncated(self) -> bool:
+        """The payload is cut short: it must not be sent back as a new payload."""
+        return self._span(ATTR_CAP_LEN) is not None
+
+    @property
+    def vlan(self) -> tuple[int, int] | None:
+        """``(proto, tci)`` of the VLAN tag (bridge family)."""
+        span = self._span(ATTR_VLAN)
+        if span is None:
+            return None
+        inner = attr_spans(self._data, span[0], span[1])
+        proto, tci = inner.get(VLAN_PROTO), inner.get(VLAN_TCI)
+        if proto is None or tci is None:
+            return None
+        return int(_BE16.unpack_from(self._data, proto[0])[0]), int(
+            _BE16.unpack_from(self._data, tci[0])[0]
+        )
+
+    @property
+    def l2header(self) -> bytes | None:
+        """The MAC header (bridge family)."""
+        return self._bytes(ATTR_L2HDR)
+
+    @property
+    def ct_info(self) -> CtInfo | int | None:
+        """The packet's relation to its connection (Flag.CONNTRACK)."""
+        value = self._be32(ATTR_CT_INFO)
+        if value is None:
+            return None
+        try:
+            return CtInfo(value)
+        except ValueError:
+            return value
+
+    @property
+    def conntrack(self) -> Flow | None:
+        """The packet's conntrack entry (Flag.CONNTRACK), decoded on each access."""
+        raw = self._bytes(ATTR_CT)
+        if raw is None:
+            return None
+        return decode_flow(nfgenmsg(self.family) + raw)
+
+    @property
+    def data(self) -> bytes:
+        """The whole netlink message as the kernel sent it."""
+        return self._data
+
+    def attributes(self) -> dict[str, Any]:
+        """Every attribute present, by name (for logging and debugging)."""
+        out: dict[str, Any] = {"id": self.id, "hook": self.hook, "hw_protocol": self.hw_protocol}
+        for name in _ATTRIBUTE_NAMES:
+            value = getattr(self, name)
+            if value is not None and value != 0:
+                out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        payload = self.payload
+        size = "no payload" if payload is None else f"{len(payload)} bytes"
+        return (
+            f"<QueuedPacket queue={self.queue.number} id={self.id} hook={self.hook} "
+            f"family={self.family} {size}>"
+        )
+
+
+_ATTRIBUTE_NAMES = (
+    "mark", "priority", "timestamp", "indev", "outdev", "physindev", "physoutdev", "hwaddr",
+    "uid", "gid", "secctx", "cgroup_classid", "skb_info", "cap_len", "vlan", "l2header",
+    "ct_info", "conntrack", "payload",
+)  # fmt: skip
+
+
+class Deferred:
+    """A handler's answer "later": the packet waits for :meth:`QueuedPacket.decide`."""
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Deferred(timeout={self.timeout})"

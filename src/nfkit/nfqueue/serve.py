@@ -1,0 +1,147 @@
+"""Handlers: a function per packet, called by a blocking loop or by worker threads.
+
+A handler takes a :class:`QueuedPacket` and returns its verdict: a
+:class:`Verdict`, ``True``/``False`` for ACCEPT/DROP, or
+``packet.defer()`` to decide later with ``packet.decide()`` (from any
+thread; the NuFW pattern). A handler that raises or returns anything else
+gets the queue's default verdict for the packet and a log line naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from nfkit.nfqueue.log import Throttle
+from nfkit.nfqueue.packet import Deferred, QueuedPacket
+from nfkit.nfqueue.queue import TICK, Queue
+from nfkit.nfqueue.verdict import ACCEPT, DROP, Verdict
+
+Result = Verdict | bool | Deferred
+Handler = Callable[[QueuedPacket], Result]
+
+
+def handler_name(handler: Callable[..., object]) -> str:
+    """``module:qualname`` of a handler, for log lines."""
+    module = getattr(handler, "__module__", None) or "?"
+    name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+    return f"{module}:{name}"
+
+
+class Server:
+    """Runs ``handler`` on every packet of ``queues`` until :meth:`stop`.
+
+    Parameters:
+        queues: one queue or several (served by one thread, one poll).
+        handler: see the module docstring; the default accepts everything.
+        workers: call the handler in this many threads (0: in the loop
+            thread). For handlers that wait (on I/O, a user...); with the
+            GIL they do not add CPU.
+    """
+
+    def __init__(
+        self, queues: Queue | Sequence[Queue], handler: Handler | None = None, *, workers: int = 0
+    ) -> None:
+        self.queues = [queues] if isinstance(queues, Queue) else list(queues)
+        if not self.queues:
+            raise ValueError("a server needs at least one queue")
+        self.handler: Handler = handler or _accept_all
+        self.name = handler_name(self.handler)
+        self.workers = workers
+        self._stopping = threading.Event()
+        self._throttle = Throttle()
+
+    def handle(self, packet: QueuedPacket) -> None:
+        """Run the handler on ``packet`` and give (or defer) its verdict."""
+        try:
+            result = self.handler(packet)
+        except Exception:
+            self.failed(packet)
+        else:
+            self.resolve(packet, result)
+
+    def resolve(self, packet: QueuedPacket, result: object) -> None:
+        """Give ``packet`` the verdict a handler returned for it."""
+        queue = packet.queue
+        if isinstance(result, Verdict):
+            queue.decide(packet, result)
+        elif result is True:
+            queue.decide(packet, ACCEPT)
+        elif result is False:
+            queue.decide(packet, DROP)
+        elif isinstance(result, Deferred):
+            queue.defer(packet, result.timeout)
+        else:
+            queue.stats.invalid_results += 1
+            self._throttle(
+                "invalid",
+                logging.ERROR,
+                f"handler {self.name} returned {result!r} for packet {packet.id} of queue "
+                f"{queue.number}, not a verdict (Verdict, True/False or packet.defer()); "
+                f"gave it the default verdict ({queue.default})",
+            )
+            queue.decide(packet, queue.default)
+
+    def failed(self, packet: QueuedPacket, error: BaseException | None = None) -> None:
+        """The handler raised ``error`` (default: the one being handled): default verdict, log."""
+        queue = packet.queue
+        queue.stats.handler_errors += 1
+        self._throttle(
+            "raised",
+            logging.ERROR,
+            f"handler {self.name} raised on packet {packet.id} of queue {queue.number}; "
+            f"gave it the default verdict ({queue.default})",
+            exc_info=error or True,
+        )
+        queue.decide(packet, queue.default)
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` (the queues stay open: close them to answer what waits)."""
+        self._stopping.clear()
+        if self.workers:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="nfqueue") as pool:
+                try:
+                    self._loop(lambda packet: pool.submit(self.handle, packet))
+                finally:
+                    pool.shutdown(cancel_futures=True)
+        else:
+            self._loop(self.handle)
+
+    def _loop(self, dispatch: Callable[[QueuedPacket], object]) -> None:
+        stopping = self._stopping.is_set
+        if len(self.queues) == 1:
+            receive = self.queues[0].receive
+            while not stopping():
+                for packet in receive():
+                    dispatch(packet)
+            return
+        poller = select.poll()
+        for queue in self.queues:
+            poller.register(queue.fileno(), select.POLLIN)
+            poller.register(queue.wake_fileno(), select.POLLIN)
+        while not stopping():
+            for queue in self.queues:
+                queue.flush()
+            poller.poll(int(self._next_wait() * 1000) + 1)
+            for queue in self.queues:
+                for packet in queue.receive(0):
+                    dispatch(packet)
+
+    def _next_wait(self) -> float:
+        """Seconds until the earliest deadline of any queue (at most a tick)."""
+        due = [queue.next_due for queue in self.queues if queue.next_due is not None]
+        return max(0.0, min(TICK, min(due) - time.monotonic())) if due else TICK
+
+    def stop(self) -> None:
+        """Make :meth:`run` return soon (from any thread or a signal handler)."""
+        self._stopping.set()
+        for queue in self.queues:
+            queue.wake()
+
+
+def _accept_all(packet: QueuedPacket) -> Verdict:
+    return ACCEPT
