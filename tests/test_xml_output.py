@@ -16,7 +16,7 @@ import struct
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,23 @@ from nfkit.logd.plugins import xml_output
 from nfkit.logd.plugins.nflog import NFLOG, GroupReader
 from nfkit.netlink.codec import NLMSGHDR, attr, nfgenmsg
 from nfkit.nflog import LogPacket
-from reference import DaemonRun, iptables_restore, missing_reference, plugin_path, remove_workdir
+from reference import (
+    DaemonRun,
+    iptables_restore,
+    missing_reference,
+    plugin_path,
+    remove_workdir,
+    stack_plugins,
+)
+from test_differential import one_cpu
+from test_flow_differential import (
+    CONNMARK,
+    a_initiated_traffic,
+    b_initiated_traffic,
+    conntrack_on,
+    flush_flows,
+    lab_skip_reason,
+)
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -365,15 +381,23 @@ def logging_rules(ipv6: bool) -> bytes:
 STOP_LOGGING = "*filter\n-I INPUT 1 -j ACCEPT\n-I OUTPUT 1 -j ACCEPT\nCOMMIT\n"
 
 
-def daemon_config(kind: str, workdir: Path, stack: str, sections: dict[str, dict[str, Any]]
-                  ) -> str:  # fmt: skip
-    """A configuration both daemons read; the XML files go to ``workdir``."""
+Sections = dict[str, dict[str, Any]]
+
+
+def daemon_config(workdir: Path, stacks: Sequence[str], sections: Sections) -> str:
+    """A configuration for one daemon; each XML instance writes to ``workdir/<its id>``."""
     lines = ["[global]", f'logfile="{workdir / "daemon.log"}"', "loglevel=3"]
-    lines += [f'plugin="{plugin_path(t.split(":")[1])}"' for t in stack.split(",")]
-    lines.append(f"stack={stack}")
-    for section, values in (sections | {"xml1": {"directory": str(workdir), "sync": 1}}).items():
-        lines += ["", f"[{section}]", *(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
-                                        for k, v in values.items())]  # fmt: skip
+    lines += [f'plugin="{plugin_path(name)}"' for name in stack_plugins(stacks)]
+    lines += [f"stack={stack}" for stack in stacks]
+    outputs = {}
+    for stack in stacks:
+        instance, _, name = stack.rpartition(",")[2].partition(":")
+        if name == "XML":
+            (workdir / instance).mkdir(parents=True, exist_ok=True)
+            outputs[instance] = {"directory": str(workdir / instance), "sync": 1}
+    for section, values in (sections | outputs).items():
+        lines += ["", f"[{section}]"]
+        lines += [f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -416,53 +440,103 @@ def compare_records(ulogd: list[str], nfkit: list[str]) -> list[str]:
     return problems
 
 
+def run_both(workdir: Path, stacks: Sequence[str], sections: Callable[[str], Sections],
+             traffic: Callable[[Lab], None]) -> None:  # fmt: skip
+    """ulogd and nfkit in lab namespace b around ``traffic``, configured alike except
+    ``sections(kind)``; their files go to ``workdir/ulogd`` and ``workdir/nfkit``."""
+    with one_cpu(), Lab() as lab:
+        runs = []
+        try:
+            for kind in ("ulogd", "nfkit"):
+                config = daemon_config(workdir / kind, stacks, sections(kind))
+                runs.append(DaemonRun(lab, lab.b, kind, workdir / kind, config).start())
+            traffic(lab)
+            for run in runs:
+                run.wait_idle()
+                assert run.stop() == 0, run.diagnostics()
+        finally:
+            for run in runs:
+                run.kill()
+
+
+def both_outputs(workdir: Path, instance: str, infix: str) -> tuple[list[str], list[str]]:
+    """The records of ``instance`` written by ulogd and by nfkit (one document each;
+    nfkit's parsed)."""
+    (ulogd_file,) = documents(workdir / "ulogd" / instance, infix)
+    (nfkit_file,) = documents(workdir / "nfkit" / instance, infix)
+    return reference_records(ulogd_file, infix), parse_document(nfkit_file, infix)
+
+
 @pytest.mark.lab
 @pytest.mark.reference
 def test_nflog_packets_match_ulogd(workdir: Path) -> None:
     stack = "log1:NFLOG,xml1:XML"
     lab_or_skip(stack)
-    with Lab() as lab:
-        iptables_restore(lab, lab.b, f"*mangle\n-A PREROUTING -p tcp -j MARK --set-mark {MARK}\n"
-                                     "COMMIT\n")  # fmt: skip
-        runs = {}
-        try:
-            for kind, group in GROUPS.items():
-                config = daemon_config(kind, workdir / kind, stack, {"log1": {"group": group}})
-                runs[kind] = DaemonRun(lab, lab.b, kind, workdir / kind, config).start()
-            iptables_restore(lab, lab.b, logging_rules(ipv6=False))
-            iptables_restore(lab, lab.b, logging_rules(ipv6=True), ipv6=True)
-            before = time.time()
-            generate_packets(lab)
-            iptables_restore(lab, lab.b, STOP_LOGGING)
-            iptables_restore(lab, lab.b, STOP_LOGGING, ipv6=True)
-            time.sleep(1.5)  # the kernel flushes NFLOG batches after at most 1 s
-            after = time.time()
-            for run in runs.values():
-                assert run.stop() == 0, run.diagnostics()
-        finally:
-            for run in runs.values():
-                run.kill()
-    (ulogd_file,) = documents(workdir / "ulogd", "pkt")
-    (nfkit_file,) = documents(workdir / "nfkit", "pkt")
-    nfkit = parse_document(nfkit_file, "pkt")
-    ulogd = reference_records(ulogd_file, "pkt")
+    window = []
+
+    def traffic(lab: Lab) -> None:
+        mark = f"*mangle\n-A PREROUTING -p tcp -j MARK --set-mark {MARK}\nCOMMIT\n"
+        iptables_restore(lab, lab.b, mark)
+        iptables_restore(lab, lab.b, logging_rules(ipv6=False))
+        iptables_restore(lab, lab.b, logging_rules(ipv6=True), ipv6=True)
+        window.append(time.time())
+        generate_packets(lab)
+        iptables_restore(lab, lab.b, STOP_LOGGING)
+        iptables_restore(lab, lab.b, STOP_LOGGING, ipv6=True)
+        time.sleep(1.5)  # the kernel flushes NFLOG batches after at most 1 s
+        window.append(time.time())
+
+    run_both(workdir, [stack], lambda kind: {"log1": {"group": GROUPS[kind]}}, traffic)
+    ulogd, nfkit = both_outputs(workdir, "xml1", "pkt")
     assert len(ulogd) >= 20
-    # ulogd drops what does not fit its 4096-byte buffer: the big datagrams
+    # ulogd drops what does not fit its 4096-byte buffer: the reassembled big datagram
     big = [r for r in nfkit if len(r) >= 4096]
     assert big and all("00" * 1000 in r for r in big)
-    assert not compare_records(ulogd, [r for r in nfkit if len(r) < 4096]), "\n".join(
-        compare_records(ulogd, [r for r in nfkit if len(r) < 4096])
-    )
+    problems = compare_records(ulogd, [r for r in nfkit if len(r) < 4096])
+    assert not problems, "\n".join(problems)
     # what the traffic must have produced
-    logs = [ET.fromstring(f"<r>{r}</r>") for r in nfkit]
-    prefixes = {log.findtext("log/prefix") for log in logs}
-    assert prefixes == {"in", "", 'x<&>"\ufffd'}
-    assert any(log.findtext("log/mark") == str(MARK) for log in logs)
-    # nfkit's <when> of inbound packets is the kernel's timestamp
-    low, high = time.localtime(before)[:6], time.localtime(after)[:6]
+    logs = [ET.fromstring(r) for r in nfkit]
+    assert {log.findtext("prefix") for log in logs} == {"in", "", 'x<&>"\ufffd'}
+    assert any(log.findtext("mark") == str(MARK) for log in logs)
+    # nfkit's <when>: the kernel's timestamp (inbound), the time it read the batch (outbound)
+    low, high = (time.localtime(t)[:6] for t in window)
     for log in logs:
-        when = log.find("log/when")
-        assert when is not None
-        stamp = tuple(int(when.findtext(tag) or 0)
+        stamp = tuple(int(log.findtext(f"when/{tag}") or 0)
                       for tag in ("year", "month", "day", "hour", "min", "sec"))  # fmt: skip
         assert low <= stamp <= high
+
+
+def flows_then_flush(lab: Lab) -> None:
+    """Tracked flows of every kind in b (counters, timestamps, marks, NAT), then a flush:
+    one DESTROY event per flow."""
+    conntrack_on(lab)
+    b_initiated_traffic(lab)
+    a_initiated_traffic(lab)
+    time.sleep(0.5)  # the last FIN/ACKs
+    assert flush_flows(lab) > 10
+
+
+@pytest.mark.lab
+@pytest.mark.reference
+def test_nfct_flows_match_ulogd(workdir: Path) -> None:
+    # ct1: one record per ended flow (the flow table); ct2: every NEW and DESTROY event,
+    # NEW ones with the protocol state, timeout and use count
+    stacks = ["ct1:NFCT,xml1:XML", "ct2:NFCT,xml2:XML"]
+    reason = lab_skip_reason(tuple(stacks))
+    if reason:
+        pytest.skip(reason)
+    sections = {"ct1": {"hash_enable": 1}, "ct2": {"hash_enable": 0}}
+    run_both(workdir, stacks, lambda kind: sections, flows_then_flush)
+    for instance in ("xml1", "xml2"):
+        ulogd, nfkit = both_outputs(workdir, instance, "flow")
+        problems = compare_records(ulogd, nfkit)
+        assert not problems, "\n".join(problems)
+    hashed = [ET.fromstring(record) for record in both_outputs(workdir, "xml1", "flow")[1]]
+    events = [ET.fromstring(record) for record in both_outputs(workdir, "xml2", "flow")[1]]
+    assert len(events) == 2 * len(hashed)
+    protocols = {flow.find("meta/layer4").get("protoname") for flow in hashed}  # type: ignore[union-attr]
+    assert {"tcp", "udp", "icmp", "icmpv6", "gre", "unknown"} <= protocols
+    assert all(flow.findtext("meta/counters/packets") for flow in hashed)
+    independent = "meta[@direction='independent']"
+    assert any(flow.findtext(f"{independent}/mark") == str(CONNMARK) for flow in hashed)
+    assert {"SYN_SENT", "ESTABLISHED"} & {f.findtext(f"{independent}/state") for f in events}
