@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import re
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -405,3 +407,172 @@ def test_wildcard_outputs_print_addresses_right(scenario: Scenario) -> None:
     gprint = "".join(scenario.nfkit.files["gprint-packets.log"])
     assert ",ip.saddr=2001:db8::2,ip.daddr=2001:db8::1," in gprint
     assert ",ip.saddr=192.0.2.2,ip.daddr=192.0.2.1," in gprint
+
+
+# ---------------------------------------------------------------- seed stacks (nfkit alone)
+
+SEED_GROUP = 3
+SEED_STACKS = (
+    "ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU",
+    "ct1:NFCT,op1:OPRINT",
+    "ct1:NFCT,mark1:MARK,ip2str1:IP2STR,json1:JSON",
+    "ct1:NFCT,mark1:MARK,ip2str1:IP2STR,sql1:SQLITE3",
+    "log1:NFLOG,base1:BASE,pw1:PWSNIFF,ip2str1:IP2STR,json2:JSON",
+)
+SEED_FILES = {"emu1": "printflow.log", "op1": "oprint.log", "json1": "marked.json",
+              "json2": "logins.json"}  # fmt: skip
+MARKED_TABLE = ("CREATE TABLE ct (orig_ip_saddr_str TEXT, orig_ip_daddr_str TEXT, "
+                "orig_ip_protocol INTEGER, orig_l4_dport INTEGER, ct_mark INTEGER)")
+#: (server port, IPv6?, user, password): an FTP login over IPv4, a POP3 one over IPv6.
+LOGINS = ((21, False, "alice", "secret"), (110, True, "bob", "two words"))
+
+
+def seed_config(workdir: Path) -> str:
+    lines = ["[global]", f'logfile="{workdir / "daemon.log"}"', "loglevel=3"]
+    lines += [f"stack={stack}" for stack in SEED_STACKS]
+    lines += ["", "[log1]", f"group={SEED_GROUP}", "", "[ct1]", "hash_enable=1", "",
+              "[mark1]", f"mark={CONNMARK}", "", "[sql1]", f'db="{workdir / "flows.db"}"',
+              "table=ct"]  # fmt: skip
+    for instance, name in SEED_FILES.items():
+        lines += ["", f"[{instance}]", f'file="{workdir / name}"']
+    return "\n".join(lines) + "\n"
+
+
+def login(lab: Lab, port: int, ipv6: bool, user: str, password: str) -> None:
+    """A client in a logs in to a server in b: USER, reply, PASS, reply (one segment each)."""
+    dst = lab.b.ip6 if ipv6 else lab.b.ip4
+    assert dst is not None
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    with lab.entered(lab.b):
+        server = socket.create_server((dst, port), family=family)
+    with lab.entered(lab.a):
+        client = socket.create_connection((dst, port), timeout=10)
+    with server, client, server.accept()[0] as session:
+        session.settimeout(10)
+        for command, reply in ((f"USER {user}\r\n", b"331 go on\r\n"),
+                               (f"PASS {password}\r\n", b"230 in\r\n")):
+            client.sendall(command.encode())
+            assert session.recv(100) == command.encode()
+            session.sendall(reply)
+            assert client.recv(100) == reply
+
+
+def log_logins(lab: Lab) -> None:
+    for tables in (lab.iptables, lab.ip6tables):
+        tables(lab.b, "-I", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", "21,110",
+               "-j", "NFLOG", "--nflog-group", str(SEED_GROUP))  # fmt: skip
+
+
+@dataclass
+class Seeded:
+    files: dict[str, str]
+    rows: list[tuple[object, ...]]
+    flows: int
+    logged_packets: int
+    returncode: int
+    log: str
+
+
+def run_seeded(workdir: Path) -> Seeded:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(workdir / "flows.db") as db:
+        db.execute(MARKED_TABLE)
+    db.close()
+    with Lab() as lab:
+        run = DaemonRun(lab, lab.b, "nfkit", workdir, seed_config(workdir)).start()
+        try:
+            conntrack_on(lab)
+            log_logins(lab)
+            a_initiated_traffic(lab)
+            for entry in LOGINS:
+                login(lab, *entry)
+            time.sleep(0.5)
+            flows = flush_flows(lab)
+            logged = sum(rule.packets for v6 in (False, True)
+                         for rule in lab.rule_counters(lab.b, "INPUT", ipv6=v6)
+                         if "--nflog-group" in rule.rule)
+            time.sleep(1.5)  # NFLOG batches
+            run.wait_idle()
+            run.stop()
+        finally:
+            run.kill()
+    files = {}
+    for name in SEED_FILES.values():
+        with contextlib.suppress(FileNotFoundError):
+            files[name] = run.output(name)
+    with sqlite3.connect(workdir / "flows.db") as db:
+        rows = db.execute("SELECT * FROM ct ORDER BY orig_ip_saddr_str").fetchall()
+    db.close()
+    code = -1 if run.returncode is None else run.returncode
+    return Seeded(files, rows, flows, logged, code, run.diagnostics())
+
+
+@pytest.fixture(scope="module")
+def seeded() -> Iterator[Seeded]:
+    reason = unavailable_reason() or (
+        None if shutil.which("conntrack") else "conntrack (Debian package conntrack) missing")
+    if reason:
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="nfkit-flow-seed-"))
+    try:
+        yield run_seeded(workdir)
+    finally:
+        remove_workdir(workdir)
+
+
+def test_seed_stacks_run_and_stop_cleanly(seeded: Seeded) -> None:
+    assert seeded.returncode == 0, seeded.log
+    assert seeded.flows == 2 * 5 + 2  # a -> b traffic, the two logins
+
+
+def test_seed_printflow_stack(seeded: Seeded) -> None:
+    """ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU: one line per ended flow,
+    the NATed connection with both its tuples."""
+    lines = seeded.files["printflow.log"].splitlines()
+    assert len(lines) == seeded.flows
+    head = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ \[DESTROY\] "
+    assert all(re.match(head + "ORIG: SRC=", line) for line in lines)
+    natted = [line for line in lines if f" DPT={TCP_NATTED} " in line]
+    assert len(natted) == 2
+    assert re.search(
+        rf" ORIG: SRC=192\.0\.2\.1 DST=192\.0\.2\.2 PROTO=TCP SPT=(\d+) DPT={TCP_NATTED} "
+        rf"PKTS=\d+ BYTES=\d+ , REPLY: SRC=192\.0\.2\.2 DST=192\.0\.2\.1 PROTO=TCP "
+        rf"SPT={TCP_IN_B} DPT=\1 PKTS=\d+ BYTES=\d+ $", "\n".join(natted), re.M)
+
+
+def test_seed_oprint_stack(seeded: Seeded) -> None:
+    """ct1:NFCT,op1:OPRINT: one record per flow, addresses the right way round."""
+    records = oprint_records(seeded.files["oprint.log"].splitlines(keepends=True))
+    assert len(records) == seeded.flows
+    sources = {dict(record)["orig.ip.saddr"] for record in records}
+    assert sources == {"192.0.2.1", "2001:db8::1"}
+    assert all(dict(record)["ct"] == "default" for record in records)
+
+
+def test_seed_mark_stacks_keep_only_marked_flows(seeded: Seeded) -> None:
+    """NFCT -> MARK (mark=7) -> IP2STR -> JSON / SQLITE3: the CONNMARKed UDP flows only."""
+    objects = [json.loads(line) for line in seeded.files["marked.json"].splitlines()]
+    flows = sorted((o["src_ip"], o["reply.ip.saddr.str"], o["orig.ip.protocol"],
+                    o["orig.l4.dport"], o["ct.mark"]) for o in objects)
+    assert flows == [
+        ("192.0.2.1", "192.0.2.2", 17, UDP_MARKED, CONNMARK),
+        ("2001:db8::1", "2001:db8::2", 17, UDP_MARKED, CONNMARK),
+    ]
+    assert sorted(seeded.rows) == [
+        ("192.0.2.1", "192.0.2.2", 17, UDP_MARKED, CONNMARK),
+        ("2001:db8::1", "2001:db8::2", 17, UDP_MARKED, CONNMARK),
+    ]
+
+
+def test_pwsniff_finds_real_logins(seeded: Seeded) -> None:
+    """NFLOG -> BASE -> PWSNIFF -> IP2STR -> JSON on FTP (IPv4) and POP3 (IPv6) logins:
+    the credentials appear, and the other segments are logged too, without them."""
+    objects = [json.loads(line) for line in seeded.files["logins.json"].splitlines()]
+    assert len(objects) == seeded.logged_packets
+    found = [(o["src_ip"], o["dest_port"], o.get("pwsniff.user"), o.get("pwsniff.pass"))
+             for o in objects if "pwsniff.user" in o or "pwsniff.pass" in o]
+    assert found == [
+        ("192.0.2.1", 21, "alice", None), ("192.0.2.1", 21, None, "secret"),
+        ("2001:db8::1", 110, "bob", None), ("2001:db8::1", 110, None, "two words"),
+    ]
+    assert len(objects) > len(found)
