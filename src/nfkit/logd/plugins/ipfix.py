@@ -233,6 +233,9 @@ class IPFIX(Plugin):
             raise ConfigError(f"invalid port {port}", settings.where("port"),
                               "set port= from 1 to 65535 (IPFIX: 4739)")
         host = str(settings["host"])
+        if not host:
+            raise ConfigError("no collector address", settings.where("host"),
+                              "set host= to the collector's IPv4 or IPv6 address")
         try:
             self.targets = resolve(host, port, self.kind, socket.AI_NUMERICHOST)
         except socket.gaierror:
@@ -344,5 +347,5 @@ class IPFIX(Plugin):
             timer.cancel()
         if self.sender is not None:
             self.flush()
-            sender, self.sender = self.sender, None
-            sender.close()
+            self.sender.close()  # may still greet a new connection: self.sender is needed
+            self.sender = None

@@ -249,6 +249,7 @@ class LineSender:
 
     retry_interval = 2.0
     max_retry_interval = 30.0
+    datagram_settle = 1.0
     poll_interval = 0.1
     connect_timeout = 5.0
     stop_timeout = 1.0
@@ -280,6 +281,7 @@ class LineSender:
         self.connected = False
         self._attempt = 0
         self._retry_delay = self.retry_interval
+        self._connected_at = 0.0
         self._connect_started = 0.0
         self._timer: Any = None
         self._down_since: float | None = None
@@ -373,10 +375,17 @@ class LineSender:
     def _connected(self) -> None:
         assert self.sock is not None
         self.connected = True
+        self._connected_at = time.monotonic()
         if self.kind == socket.SOCK_STREAM:
             # A readable stream means the peer closed it: notice it now rather
             # than when the next line goes into a dead connection.
             self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._recovered()
+        self._greet()
+        self._flush()
+
+    def _recovered(self) -> None:
+        """The peer takes data again: say so once, retry quickly next time."""
         self._retry_delay = self.retry_interval
         if self._down_since is not None:
             self.log.info(
@@ -385,8 +394,16 @@ class LineSender:
                 self.unit,
             )
             self._down_since = None
-        self._greet()
-        self._flush()
+
+    def _delivered(self) -> None:
+        """A send went through while the peer counted as down.
+
+        A datagram peer is back only if the connection lived a while: the
+        kernel reports a refusal on the send after the refused datagram, so
+        the first sends of a new connection always succeed.
+        """
+        if time.monotonic() - self._connected_at >= self.datagram_settle:
+            self._recovered()
 
     def _greet(self) -> None:
         """Put the greeting of a new connection in front of the buffered lines."""
@@ -452,6 +469,8 @@ class LineSender:
             self.backlog.append(data)
             self.sent_of_first = sent
             self._schedule(self.poll_interval, self._flush)
+        elif self._down_since is not None:
+            self._delivered()
 
     def _flush(self) -> None:
         """Send buffered lines until none is left or the peer stops accepting them."""
@@ -477,6 +496,8 @@ class LineSender:
                 return
             backlog.popleft()
             self.sent_of_first = 0
+            if self._down_since is not None:
+                self._delivered()
         if not backlog and self.dropped > self._dropped_reported:
             self.log.warning(
                 "%s: buffer drained; %d %s were dropped while it was full",
