@@ -52,6 +52,7 @@ from nfkit.logd.plugin import ERROR, BatchPlugin, DataType, Option, Plugin, Role
 from nfkit.logd.registry import register
 from nfkit.netlink.codec import attr_spans, nfgenmsg
 from nfkit.netlink.errors import DecodeError
+from nfkit.nfacct import Accounting
 from nfkit.nflog import LogPacket
 
 #: (input data type, file name infix, root element), in ulogd2's order of preference.
@@ -384,7 +385,7 @@ class XML(BatchPlugin):
         if isinstance(flow, Flow):
             parts.append(flow_xml(flow, self.clock(now), now))
         acct = event.get("sum")
-        if acct is not None:
+        if isinstance(acct, Accounting):
             parts.append(sum_xml(acct.name, acct.packets, acct.bytes, self.clock(now)))
         if not parts:
             return ""
