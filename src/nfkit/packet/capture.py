@@ -252,6 +252,8 @@ class CaptureReader:
         if head[:4] == _SECTION_MAGIC:
             magic = self._read(4)
             found = _ORDER_MAGICS.get(magic)
+            if len(magic) < 4:
+                raise _Unreadable(offset, "truncated block: the file ends in a section header")
             if found is None:
                 raise _Unreadable(offset, f"section header with byte-order magic {magic.hex()}")
             self._byteorder, self._interfaces = found, []
