@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,12 +20,17 @@ from typing import Any
 
 import pytest
 
+from ctlab import fill_table, varied_table
 from nfkit.cli import logd as logd_cli
+from nfkit.conntrack.client import Conntrack
 from nfkit.lab import Lab
+from nfkit.logd.config import ConfigFile
+from nfkit.logd.engine import Pipeline
+from nfkit.logd.errors import ConfigError
 from nfkit.logd.keys import Event
 from nfkit.logd.loop import EventLoop
 from nfkit.logd.plugin import Context, Settings
-from nfkit.logd.plugins.nfct import NFCT
+from nfkit.logd.plugins.nfct import NFCT, AcceptFilter, FlowRecords, key_tuple
 
 ULOGD = "/usr/sbin/ulogd"
 NFCT_SO = "/usr/lib/x86_64-linux-gnu/ulogd/ulogd_inpflow_NFCT.so"
@@ -114,6 +120,17 @@ def track(lab: Lab, ns: Any = None) -> None:
 def delete_flows(lab: Lab, *criteria: str, ns: Any = None) -> None:
     """End flows now (their DESTROY events follow at once, unlike timeouts)."""
     lab.run(ns if ns is not None else lab.b, "conntrack", "-D", *criteria, check=False)
+
+
+def events_for_every_flow(lab: Lab) -> None:
+    """Flows created before the daemon get events too (by default the kernel gives
+    them only to flows created while a listener exists)."""
+    lab.sysctl(lab.b, "net.netfilter.nf_conntrack_events", 1)
+
+
+def flush(lab: Lab, family: str = "ipv4") -> None:
+    """End every flow of ``family`` in namespace b."""
+    lab.run(lab.b, "conntrack", "-F", "-f", family)
 
 
 needs_conntrack_tool = pytest.mark.skipif(
@@ -206,3 +223,326 @@ def test_the_flow_table_makes_one_record_per_ended_flow(lab: Lab) -> None:
     udp = next(r for r in records if r["orig.ip.protocol"] == 17)
     assert (udp["orig.raw.pktcount"], udp["orig.raw.pktlen"]) == (3, 3 * 128)
     assert len(run.plugin.table or ()) == 0
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_icmp_and_icmpv6_flows_have_their_type_and_code_keys(lab: Lab) -> None:
+    track(lab)
+    with nfct(lab, hash_enable=0) as run:
+        assert lab.ping(lab.a, lab.b.ip4 or "", count=1)
+        assert lab.ping(lab.a, lab.b.ip6 or "", count=1)
+        delete_flows(lab, "-p", "icmp")
+        delete_flows(lab, "-f", "ipv6", "-p", "icmpv6")
+        records = run.wait(4)
+    destroyed = {r["oob.family"]: r for r in records if r["ct.event"] == 4}
+    v4, v6 = destroyed[2], destroyed[10]
+    assert set(v4) == COMMON | START | END | {"icmp.type", "icmp.code", "ct"}
+    assert set(v6) == COMMON | START | END | {"icmpv6.type", "icmpv6.code", "ct"}
+    assert (v4["icmp.type"], v4["icmp.code"], v4["orig.ip.protocol"]) == (8, 0, 1)
+    assert (v6["icmpv6.type"], v6["icmpv6.code"], v6["orig.ip.protocol"]) == (128, 0, 58)
+    assert (v6["orig.ip.saddr"], v6["orig.ip.daddr"]) == (packed(lab.a.ip6), packed(lab.b.ip6))
+    assert v4["orig.raw.pktcount"] == v4["reply.raw.pktcount"] == 1
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_connmark_shows_as_ct_mark(lab: Lab) -> None:
+    track(lab)
+    lab.iptables(lab.b, "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "5002",
+                 "-j", "CONNMARK", "--set-mark", "0x2a")  # fmt: skip
+    with nfct(lab, {"ct.mark", "orig.l4.dport", "ct.event"}) as run:
+        lab.udp(lab.a, lab.b.ip4 or "", 5002, count=1, recv=True)
+        lab.udp(lab.a, lab.b.ip4 or "", 5003, count=1, recv=True)
+        delete_flows(lab, "-p", "udp")
+        records = run.wait(2)
+    marks = {r["orig.l4.dport"]: r["ct.mark"] for r in records}
+    assert marks == {5002: 0x2A, 5003: 0}
+    # Only the keys asked for (and ct.event) are made.
+    assert all(set(r) == {"ct.mark", "orig.l4.dport", "ct.event"} for r in records)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("lab", [{"router": True}], indirect=True)
+@needs_conntrack_tool
+def test_a_masqueraded_connection_is_logged_with_inside_and_outside_tuples(lab: Lab) -> None:
+    router = lab.r
+    assert router is not None
+    outside = router.ifaces[1]
+    lab.sysctl(router, "net.netfilter.nf_conntrack_acct", 1)
+    lab.iptables(router, "-t", "nat", "-A", "POSTROUTING", "-o", outside.name, "-j", "MASQUERADE")
+    lab.ip6tables(router, "-t", "nat", "-A", "POSTROUTING", "-o", outside.name,
+                  "-j", "MASQUERADE")  # fmt: skip
+    with nfct(lab, ALL_KEYS - {"ct"}, ns=router) as run:
+        lab.tcp_exchange(lab.a, lab.b.ip4 or "", 8082)
+        lab.tcp_exchange(lab.a, lab.b.ip6 or "", 8083)
+        delete_flows(lab, "-p", "tcp", ns=router)
+        delete_flows(lab, "-f", "ipv6", "-p", "tcp", ns=router)
+        records = run.wait(2)
+    by_port = {r["orig.l4.dport"]: r for r in records}
+    for port, client, server, public in (
+        (8082, lab.a.ip4, lab.b.ip4, outside.ip4),
+        (8083, lab.a.ip6, lab.b.ip6, outside.ip6),
+    ):
+        record = by_port[port]
+        # Inside: the client's own addresses; outside: the router's address.
+        assert (record["orig.ip.saddr"], record["orig.ip.daddr"]) == (packed(client),
+                                                                      packed(server))  # fmt: skip
+        assert (record["reply.ip.saddr"], record["reply.ip.daddr"]) == (packed(server),
+                                                                        packed(public))  # fmt: skip
+        assert record["reply.l4.sport"] == port and record["ct.event"] == 4
+        assert record["orig.raw.pktcount"] >= 5
+
+
+# -- the flow table, polling, resynchronisation ------------------------------------------------
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_the_table_starts_with_the_flows_that_exist_and_bounds_its_size(lab: Lab) -> None:
+    events_for_every_flow(lab)
+    fill_table(lab, lab.b, 3)  # before the daemon: learnt from the first dump
+    with nfct(lab, ALL_KEYS - {"ct"}, hash_max_entries=4) as run:
+        assert len(run.plugin.table or ()) == 3
+        fill_table(lab, lab.b, 3, src_net="203.0.113.0/24")  # one too many
+        run.settle()
+        assert len(run.plugin.table or ()) == 4
+        assert run.plugin.stats.statistics()["untracked"] == 2
+        flush(lab)
+        records = run.wait(6)
+    # Every flow ends with one record; those tracked have their start time.
+    assert len(records) == 6 and {r["ct.event"] for r in records} == {4}
+    assert sum(1 for r in records if "flow.start.sec" in r) >= 4
+    assert all("flow.end.sec" in r for r in records)
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_without_the_table_update_events_are_ignored(lab: Lab) -> None:
+    with nfct(lab, ALL_KEYS - {"ct"}, hash_enable=0, event_mask=7) as run:
+        fill_table(lab, lab.b, 2)
+        fill_table(lab, lab.b, 2, update=True, mark=5)
+        flush(lab)
+        records = run.wait(4)
+        assert run.settle() == records
+    assert sorted(r["ct.event"] for r in records) == [1, 1, 4, 4]
+    assert [r["ct.mark"] for r in records if r["ct.event"] == 4] == [5, 5]
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_polling_emits_the_flows_that_vanished_between_two_dumps(lab: Lab) -> None:
+    track(lab)
+    lab.iptables(lab.b, "-t", "mangle", "-A", "PREROUTING", "-p", "udp",
+                 "-j", "CONNMARK", "--set-mark", "7")  # fmt: skip
+    with nfct(lab, ALL_KEYS - {"ct"}, pollinterval=1) as run:
+        assert run.plugin.listener is None  # no event socket
+        lab.udp(lab.a, lab.b.ip4 or "", 5004, count=2, size=50, recv=True)
+        run.pump(lambda: len(run.plugin.table or ()) == 1, timeout=5)
+        before = time.time()
+        delete_flows(lab, "-p", "udp")
+        (record,) = run.wait(1, timeout=5)
+    assert record["ct.event"] == 4 and record["orig.l4.dport"] == 5004
+    # Counters and mark as the last dump saw them; the end is when the dump missed it.
+    assert (record["orig.raw.pktcount"], record["ct.mark"]) == (2, 7)
+    assert before - 1 <= record["flow.end.sec"] <= time.time()
+    assert record["flow.start.sec"] <= record["flow.end.sec"]
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_an_overrun_is_resynchronised_every_flow_ending_once(lab: Lab) -> None:
+    n = 300
+    fill_table(lab, lab.b, n)
+    with nfct(lab, ALL_KEYS - {"ct"}, netlink_socket_buffer_size=1,
+              netlink_resync_timeout=1) as run:  # fmt: skip
+        assert len(run.plugin.table or ()) == n
+        # Not read meanwhile: new flows' NEW and the old flows' DESTROY events overflow.
+        fill_table(lab, lab.b, 20, src_net="203.0.113.0/24")
+        delete_flows(lab, "-s", "198.51.100.0/24")
+        records = run.wait(n, timeout=15)
+        assert run.plugin.stats.overruns >= 1
+        # The resynchronisation also learnt the new flows whose NEW was lost.
+        run.pump(lambda: len(run.plugin.table or ()) == 20, timeout=5)
+        assert len(run.plugin.table or ()) == 20
+    keys = [(r["orig.ip.saddr"], r["orig.l4.sport"]) for r in records]
+    assert len(records) == len(set(keys)) == n
+    assert 0 < run.plugin.stats.resync_destroyed <= n
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_reliable_mode_loses_no_flow_of_a_burst(lab: Lab) -> None:
+    n = 1000
+    with nfct(lab, ALL_KEYS - {"ct"}, reliable=1, netlink_socket_buffer_size=16384) as run:
+        fill_table(lab, lab.b, n, timeout=30)  # nobody reads: the kernel keeps retrying
+        flush(lab)
+        records = run.wait(n, timeout=60)
+        assert run.settle() == records
+        assert run.plugin.stats.overruns == 0
+    assert len({(r["orig.ip.saddr"], r["orig.l4.sport"]) for r in records}) == len(records) == n
+    assert {r["ct.event"] for r in records} == {4}
+
+
+# -- filters -------------------------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"accept_src_filter": "198.51.100.0/25"}, {"198.51.100.0"}),
+        ({"accept_src_filter": "198.51.100.128/25,2001:db8:100::/64"},
+         {"198.51.100.128", "2001:db8:100::1"}),
+        ({"accept_dst_filter": "2001:db8::/32"}, {"2001:db8:100::1"}),
+        ({"accept_proto_filter": "tcp"}, {"198.51.100.128"}),
+        ({"accept_proto_filter": "udp,tcp", "accept_dst_filter": "192.0.2.100/32"},
+         {"198.51.100.0", "198.51.100.128"}),
+    ],
+)  # fmt: skip
+def test_accept_filters_select_by_network_and_protocol(
+    lab: Lab, options: dict[str, str], expected: set[str]
+) -> None:
+    def flows() -> None:
+        fill_table(lab, lab.b, 1, src_net="198.51.100.0/31")  # 198.51.100.0, udp
+        fill_table(lab, lab.b, 1, proto="tcp", src_net="198.51.100.128/31")
+        fill_table(lab, lab.b, 1, family=6)  # 2001:db8:100::1 -> 2001:db8::100, udp
+
+    events_for_every_flow(lab)
+    flows()  # the first dump sees them
+    with nfct(lab, {"orig.ip.saddr", "ct.event"}, **options) as run:
+        flush(lab)
+        flush(lab, "ipv6")
+        flows()  # and the events
+        flush(lab)
+        flush(lab, "ipv6")
+        records = run.wait(2 * len(expected))
+        records = run.settle()
+    sources = [socket.inet_ntop(socket.AF_INET6 if len(r["orig.ip.saddr"]) == 16
+                                else socket.AF_INET, r["orig.ip.saddr"]) for r in records]  # fmt: skip
+    assert sorted(sources) == sorted(2 * list(expected))
+    assert run.plugin.stats.filtered >= 2 * (3 - len(expected))
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+def test_flows_older_than_the_daemon_are_watched_when_the_kernel_sends_them_no_events(
+    lab: Lab,
+) -> None:
+    assert lab.get_sysctl(lab.b, "net.netfilter.nf_conntrack_events") == "2"
+    fill_table(lab, lab.b, 3)  # no listener yet: these flows get no event extension
+    with nfct(lab, ALL_KEYS - {"ct"}, netlink_resync_timeout=1) as run:
+        fill_table(lab, lab.b, 2, src_net="203.0.113.0/24")
+        flush(lab)
+        records = run.wait(5, timeout=10)
+    assert sorted(r["orig.ip.saddr"][0] for r in records) == [198, 198, 198, 203, 203]
+    assert run.plugin.stats.resync_destroyed == 3
+
+
+# -- SIGUSR2 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@needs_conntrack_tool
+@pytest.mark.parametrize("hash_enable", [1, 0])
+def test_sigusr2_emits_every_flow_as_update_and_zeroes_the_counters(
+    lab: Lab, hash_enable: int
+) -> None:
+    track(lab)
+    with nfct(lab, ALL_KEYS - {"ct"}, hash_enable=hash_enable) as run:
+        lab.udp(lab.a, lab.b.ip4 or "", 5005, count=3, size=72, recv=True)
+        lab.udp(lab.a, lab.b.ip4 or "", 5006, count=1, size=72, recv=True)
+        run.settle()
+        del run.records[:]  # hash_enable=0: the NEW records
+        run.plugin.signal(signal.SIGUSR2)
+        first = list(run.records)
+        run.plugin.signal(signal.SIGUSR2)
+        second = run.records[len(first):]
+    assert sorted((r["orig.l4.dport"], r["orig.raw.pktcount"]) for r in first) == [
+        (5005, 3), (5006, 1)
+    ]  # fmt: skip
+    assert all(r["orig.raw.pktlen"] == 100 * r["orig.raw.pktcount"] for r in first)
+    assert {r["ct.event"] for r in first + second} == {2}
+    assert [r["orig.raw.pktcount"] for r in second] == [0, 0]
+    assert all("flow.start.sec" in r and "flow.end.sec" not in r for r in first)
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("wanted", [ALL_KEYS - {"ct"}, {"orig.ip.saddr", "icmpv6.type"}])
+def test_compiled_records_equal_those_made_from_flow_objects(
+    lab: Lab, wanted: set[str]
+) -> None:
+    flows = varied_table(lab, lab.b)
+    records = FlowRecords(wanted, AcceptFilter(), hashed=True)
+    with lab.entered(lab.b), Conntrack() as ct:
+        reference = sorted(map(records.convert, ct.dump()), key=repr)
+        first = sorted(ct.dump_as(records.target), key=repr)  # learns the layouts
+        compiled = sorted(ct.dump_as(records.target), key=repr)
+    assert compiled == first == reference
+    assert len(compiled) == len(flows)
+    assert {item[0] for item in compiled} == {2}  # dump entries read as UPDATE
+    icmpv6 = [item[2] for item in compiled if "icmpv6.type" in item[2]]
+    assert [r["icmpv6.type"] for r in icmpv6] == [128]
+    # A key identifies its flow, and is enough to look the flow up (the purge does).
+    with lab.entered(lab.b), Conntrack() as ct:
+        for _event, key, _record, _start, _stop in compiled:
+            tup, zone, flow_id = key_tuple(key)
+            assert ct.get(tup, zone).id == flow_id
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def config_error(section: str) -> ConfigError:
+    text = (
+        "[global]\nstack=ct1:NFCT,ip2str1:IP2STR,json1:JSON\n"
+        f"[ct1]\n{section}\n[json1]\nfile=\"/dev/null\"\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        Pipeline(ConfigFile("test.conf", text=text), Context())
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "what", "fix"),
+    [
+        ("accept_src_filter=192.0.2.0/24,198.51.100.7", 4, "no prefix length", "198.51.100.7/32"),
+        ("accept_dst_filter=2001:db8::1", 4, "No network specified", "2001:db8::1/128"),
+        ("accept_dst_filter=192.0.2.0/33", 4, "not a network", "comma-separated"),
+        ("accept_proto_filter=tcp,nosuch", 4, "unknown protocol 'nosuch'", "/etc/protocols"),
+        ("pollinterval=10\nhash_enable=0", 5, "polling mode requires the hashtable",
+         "hash_enable=1"),
+        ("event_mask=0", 4, "selects no flow events", "event_mask=5"),
+        ("event_mask=1", 4, "leaves out", "hash_enable=0"),
+        ("hash_max_entries=0", 4, "no room", "hash_enable=0"),
+        ("netlink_socket_buffer_size=1000000\nnetlink_socket_buffer_maxsize=1000", 4, "exceeds",
+         "raise netlink_socket_buffer_maxsize"),
+    ],
+)  # fmt: skip
+def test_configuration_errors_name_the_line_and_the_fix(
+    section: str, line: int, what: str, fix: str
+) -> None:
+    error = config_error(section)
+    assert error.where.startswith(f"test.conf:{line}"), error.where
+    assert what in error.what and fix in error.fix
+
+
+def test_accept_filters_parse_ulogds_lists() -> None:
+    text = "[global]\nstack=ct1:NFCT,ip2str1:IP2STR,json1:JSON\n[ct1]\n"
+    text += 'accept_src_filter=192.0.2.0/24,2001:db8::/32\naccept_proto_filter="tcp,udp,58"\n'
+    text += '[json1]\nfile="/dev/null"\n'
+    pipeline = Pipeline(ConfigFile("test.conf", text=text), Context())
+    (plugin,) = [p for p in pipeline.instances() if isinstance(p, NFCT)]
+    accept = plugin.accept
+    assert accept.protocols == {6, 17, 58} and accept.destinations is None
+    assert accept.sources is not None
+    assert accept.accepts(socket.AF_INET, packed("192.0.2.9"), packed("203.0.113.1"), 6)
+    assert accept.accepts(socket.AF_INET6, packed("2001:db8::9"), packed("2001:db8::1"), 58)
+    assert not accept.accepts(socket.AF_INET, packed("198.51.100.1"), packed("192.0.2.1"), 6)
+    assert not accept.accepts(socket.AF_INET, packed("192.0.2.9"), packed("203.0.113.1"), 1)
+    # Two networks of different families cannot go to the kernel in one dump request.
+    assert accept.dump_filter().criteria() == {}

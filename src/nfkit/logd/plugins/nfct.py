@@ -379,6 +379,18 @@ def parse_protocols(settings: Settings, option: str) -> frozenset[int] | None:
     return frozenset(numbers)
 
 
+EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"
+
+
+def _read_setting(path: str) -> str | None:
+    """A sysctl of the current network namespace (None when unreadable)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 # -- the table ----------------------------------------------------------------------------
 
 
@@ -511,6 +523,9 @@ class NFCT(InputPlugin):
         self._resync: Timer | None = None
         self._buffer = 0
         self._warned: set[str] = set()
+        self._event_setting: str | None = None
+        self._silent: set[tuple[Any, ...]] = set()
+        self._silent_timer: Timer | None = None
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -574,6 +589,13 @@ class NFCT(InputPlugin):
         self.wants_start = self.wanted is None or "flow.start.sec" in self.wanted
         self.wants_end = self.wanted is None or "flow.end.sec" in self.wanted
         self.context.shared("nfct", self.id, lambda: self.stats)
+        self._event_setting = _read_setting(EVENTS_SYSCTL)
+        if self._event_setting == "0" and not s["pollinterval"]:
+            self.log.warning(
+                "NFCT %s: net.netfilter.nf_conntrack_events=0: the kernel sends no conntrack "
+                "events; set it to 1 (or 2), or poll with pollinterval",
+                self.id,
+            )
         try:
             self.client = Conntrack()
             if not s["pollinterval"]:
@@ -612,10 +634,27 @@ class NFCT(InputPlugin):
             loop.add_reader(self.listener.fileno(), self.on_readable)
         if self.table is not None:
             # The flows that exist already (their NEW events were before us).
-            self._synchronise(purge=False)
+            seen = self._synchronise(purge=False)
+            if seen and self.listener is not None and self._event_setting != "1":
+                # Created without a listener, they may never send DESTROY
+                # (nf_conntrack_events=2): look for their end ourselves.
+                self._silent = seen
+                self._silent_timer = loop.call_every(
+                    max(1, self.settings["netlink_resync_timeout"]), self._check_silent
+                )
+                self._timers.append(self._silent_timer)
         interval = self.settings["pollinterval"]
         if interval:
             self._timers.append(loop.call_every(interval, self._synchronise))
+
+    def _check_silent(self) -> None:
+        """Emit the flows of the first dump that ended without a DESTROY event."""
+        assert self.table is not None
+        flows = self.table.flows
+        self._purge([key for key in self._silent if key in flows])
+        self._silent = {key for key in self._silent if key in flows}
+        if not self._silent and self._silent_timer is not None:
+            self._silent_timer.cancel()
 
     def stop(self) -> None:
         for timer in self._timers:
@@ -770,15 +809,19 @@ class NFCT(InputPlugin):
         )
 
     def _resynchronise(self) -> None:
+        """The resynchronisation planned after an overrun."""
         self._resync = None
         self._synchronise()
 
-    def _synchronise(self, purge: bool = True) -> None:
-        """Dump the table into the flow table; with ``purge``, emit the flows gone since."""
+    def _synchronise(self, purge: bool = True) -> set[tuple[Any, ...]]:
+        """Dump the table into the flow table; with ``purge``, emit the flows gone since.
+
+        Returns the keys of the flows the dump had (none after an error).
+        """
         table = self.table
         assert table is not None
         now = time.time_ns()
-        seen = set()
+        seen: set[tuple[Any, ...]] = set()
         try:
             for item in self._dump():
                 if not item:
@@ -788,10 +831,11 @@ class NFCT(InputPlugin):
                 seen.add(key)
         except NetlinkError as exc:
             self.log.error("NFCT %s: cannot dump the conntrack table: %s", self.id, exc)
-            return
+            return set()
         if purge:
             gone = [key for key in table.flows if key not in seen]
             self._purge(gone)
+        return seen
 
     def _purge(self, candidates: list[tuple[Any, ...]]) -> None:
         """Emit as DESTROY the candidates the kernel no longer has (one lookup each:
