@@ -45,9 +45,13 @@ START = {"flow.start.sec", "flow.start.usec"}
 END = {"flow.end.sec", "flow.end.usec"}
 
 
-def packed(text: str | None) -> bytes:
-    assert text is not None
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+def packed(address: str | None) -> bytes:
+    assert address is not None
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def text(address: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(address) == 16 else socket.AF_INET, address)
 
 
 # -- in-process harness -------------------------------------------------------------------
@@ -419,8 +423,7 @@ def test_accept_filters_select_by_network_and_protocol(
         flush(lab, "ipv6")
         records = run.wait(2 * len(expected))
         records = run.settle()
-    sources = [socket.inet_ntop(socket.AF_INET6 if len(r["orig.ip.saddr"]) == 16
-                                else socket.AF_INET, r["orig.ip.saddr"]) for r in records]  # fmt: skip
+    sources = [text(r["orig.ip.saddr"]) for r in records]
     assert sorted(sources) == sorted(2 * list(expected))
     assert run.plugin.stats.filtered >= 2 * (3 - len(expected))
 
