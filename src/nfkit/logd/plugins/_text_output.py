@@ -7,14 +7,13 @@ write per batch); :class:`KeyValueFormat` prints the valid keys of a wildcard in
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from nfkit.logd.files import OutputFile
 from nfkit.logd.keys import Event, Key, KeyType
 from nfkit.logd.plugin import ERROR, BatchPlugin, DataType, Role, without
 from nfkit.logd.plugins._addr import address_text
+from nfkit.logd.plugins._wildcard import tuple_getter
 
 # INT64 included, as ulogd 2.0.9 prints it (2.0.8: "default" in OPRINT, nothing in GPRINT).
 _INTEGER_TYPES = frozenset(t for t in KeyType if t.is_integer)
@@ -87,14 +86,7 @@ class _Layout:
     def __init__(self, template: str, names: Sequence[str], addresses: tuple[int, ...]) -> None:
         self.template = template
         self.addresses = addresses
-        self.getter: Callable[[Event], tuple[Any, ...]]
-        if len(names) > 1:
-            self.getter = operator.itemgetter(*names)
-        elif names:
-            only = names[0]
-            self.getter = lambda event: (event[only],)
-        else:
-            self.getter = lambda event: ()
+        self.getter = tuple_getter(names)
 
 
 class KeyValueFormat:

@@ -11,9 +11,11 @@ duplicate (:func:`every_upstream_key`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from nfkit.logd.keys import Key
+from nfkit.logd.keys import Event, Key
 from nfkit.logd.plugin import Plugin
 
 
@@ -40,3 +42,16 @@ def every_upstream_key(upstream: Sequence[Plugin]) -> tuple[Key, ...]:
     """
     nearest = {key.name: key for plugin in upstream for key in plugin.output_keys}
     return tuple(nearest[key.name] for plugin in upstream for key in plugin.output_keys)
+
+
+def tuple_getter(names: Sequence[str]) -> Callable[[Event], tuple[Any, ...]]:
+    """A function giving an event's values of ``names``, as a tuple (for ``%`` formatting).
+
+    Raises KeyError when the event lacks one of them.
+    """
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if names:
+        only = names[0]
+        return lambda event: (event[only],)
+    return lambda event: ()

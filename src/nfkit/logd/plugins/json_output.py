@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import operator
 import os
 import select
 import socket
@@ -28,7 +27,7 @@ from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.files import OutputFile
 from nfkit.logd.keys import Event, Key, KeyType
 from nfkit.logd.plugin import ERROR, DataType, Option, Plugin, Role
-from nfkit.logd.plugins._wildcard import upstream_keys
+from nfkit.logd.plugins._wildcard import tuple_getter, upstream_keys
 from nfkit.logd.registry import register
 
 MODES = ("file", "tcp", "udp", "unix")
@@ -80,13 +79,7 @@ class _Layout:
         self.template = template
         self.strings = strings
         self.label = label
-        if len(names) > 1:
-            self.getter = operator.itemgetter(*names)
-        elif names:
-            only = names[0]
-            self.getter = lambda event: (event[only],)
-        else:
-            self.getter = lambda event: ()
+        self.getter = tuple_getter(names)
 
 
 class LineFormat:
