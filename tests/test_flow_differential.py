@@ -33,10 +33,11 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -171,9 +172,22 @@ def flush_flows(lab: Lab) -> int:
 
 @dataclass
 class Outputs:
-    files: dict[str, list[str]]
+    """What one daemon wrote (file name -> text), its exit status and log tail."""
+
+    files: dict[str, str]
     returncode: int
     log: str
+
+    @classmethod
+    def of(cls, run: DaemonRun, names: Iterable[str]) -> Outputs:
+        files = {}
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                files[name] = run.output(name)
+        return cls(files, -1 if run.returncode is None else run.returncode, run.diagnostics())
+
+    def lines(self, name: str) -> list[str]:
+        return self.files[name].splitlines(keepends=True)
 
 
 @dataclass
@@ -181,15 +195,6 @@ class Scenario:
     ulogd: Outputs
     nfkit: Outputs
     flows: int
-
-
-def read_outputs(run: DaemonRun) -> Outputs:
-    files = {}
-    for name in DIFF_FILES.values():
-        with contextlib.suppress(FileNotFoundError):
-            files[name] = run.output(name).splitlines(keepends=True)
-    code = -1 if run.returncode is None else run.returncode
-    return Outputs(files, code, run.diagnostics())
 
 
 def run_differential(workdir: Path) -> Scenario:
@@ -214,25 +219,34 @@ def run_differential(workdir: Path) -> Scenario:
         finally:
             for run in runs:
                 run.kill()
-        return Scenario(read_outputs(runs[0]), read_outputs(runs[1]), flows)
+        ulogd, nfkit = (Outputs.of(run, DIFF_FILES.values()) for run in runs)
+        return Scenario(ulogd, nfkit, flows)
 
 
-def lab_skip_reason(stacks: tuple[str, ...]) -> str | None:
+def conntrack_skip_reason() -> str | None:
     if shutil.which("conntrack") is None:
         return "conntrack (Debian package conntrack) not installed"
-    return unavailable_reason() or missing_reference(stacks)
+    return unavailable_reason()
+
+
+R = TypeVar("R")
+
+
+def in_workdir(reason: str | None, run: Callable[[Path], R], prefix: str) -> Iterator[R]:
+    """A module fixture's body: ``run`` in a temporary directory (skipped for ``reason``)."""
+    if reason:
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield run(workdir)
+    finally:
+        remove_workdir(workdir)
 
 
 @pytest.fixture(scope="module")
 def scenario() -> Iterator[Scenario]:
-    reason = lab_skip_reason(DIFF_STACKS)
-    if reason:
-        pytest.skip(reason)
-    workdir = Path(tempfile.mkdtemp(prefix="nfkit-flow-differential-"))
-    try:
-        yield run_differential(workdir)
-    finally:
-        remove_workdir(workdir)
+    reason = conntrack_skip_reason() or missing_reference(DIFF_STACKS)
+    yield from in_workdir(reason, run_differential, "nfkit-flow-differential-")
 
 
 # ---------------------------------------------------------------- ulogd 2.0.8's forms
@@ -337,14 +351,14 @@ def compare_records(ulogd: list[Pairs], nfkit: list[Pairs],
 def test_both_daemons_log_every_flow(scenario: Scenario) -> None:
     for name, out in (("ulogd", scenario.ulogd), ("nfkit", scenario.nfkit)):
         assert out.returncode == 0, f"{name} exit status {out.returncode}\n{out.log}"
-        assert len(out.files["nacct.log"]) == scenario.flows, (name, out.log)
-        assert len(out.files["printflow.log"]) == scenario.flows
+        assert len(out.lines("nacct.log")) == scenario.flows, (name, out.log)
+        assert len(out.lines("printflow.log")) == scenario.flows
     assert scenario.flows == EXPECTED_FLOWS
 
 
 @pytest.mark.reference
 def test_traffic_covers_the_flow_kinds(scenario: Scenario) -> None:
-    text = "".join(scenario.nfkit.files["printflow.log"])
+    text = scenario.nfkit.files["printflow.log"]
     wanted = {
         "TCP over IPv4 and IPv6": r"ORIG: SRC=2001:db8::\S+ .* PROTO=TCP SPT=\d+ DPT=8080 ",
         "NAT: the reply comes from the redirected port": (
@@ -359,7 +373,7 @@ def test_traffic_covers_the_flow_kinds(scenario: Scenario) -> None:
     missing = [what for what, pattern in wanted.items() if not re.search(pattern, text)]
     assert not missing, missing
     assert all(line.startswith("[DESTROY] ORIG: SRC=") for line in
-               (split_body(line) for line in scenario.nfkit.files["printflow.log"]))
+               (split_body(line) for line in scenario.nfkit.lines("printflow.log")))
 
 
 def split_body(line: str) -> str:
@@ -369,8 +383,8 @@ def split_body(line: str) -> str:
 
 @pytest.mark.reference
 def test_printflow_lines_identical(scenario: Scenario) -> None:
-    ulogd = [line.rstrip("\n") for line in scenario.ulogd.files["printflow.log"]]
-    nfkit = [line.rstrip("\n") for line in scenario.nfkit.files["printflow.log"]]
+    ulogd = [line.rstrip("\n") for line in scenario.ulogd.lines("printflow.log")]
+    nfkit = [line.rstrip("\n") for line in scenario.nfkit.lines("printflow.log")]
     problems = compare_logemu(ulogd, nfkit, PRINTFLOW_FIXES)
     assert len(ulogd) == len(nfkit)
     assert not problems, "PRINTFLOW: ulogd -> nfkit\n" + report(problems)
@@ -391,8 +405,8 @@ def test_nacct_lines_identical(scenario: Scenario) -> None:
 def test_wildcard_outputs_identical(scenario: Scenario, name: str,
                                     parse: Callable[[list[str]], list[Pairs]],
                                     address: Callable[[str], str]) -> None:
-    ulogd = parse(scenario.ulogd.files[name])
-    nfkit = parse(scenario.nfkit.files[name])
+    ulogd = parse(scenario.ulogd.lines(name))
+    nfkit = parse(scenario.nfkit.lines(name))
     assert len(nfkit) >= EXPECTED_FLOWS
     problems = compare_records(ulogd, nfkit, address)
     assert not problems, f"{name}: ulogd -> nfkit\n" + report(problems)
@@ -401,10 +415,10 @@ def test_wildcard_outputs_identical(scenario: Scenario, name: str,
 @pytest.mark.reference
 def test_wildcard_outputs_print_addresses_right(scenario: Scenario) -> None:
     """What the mapping above hides: nfkit's addresses are the lab's, both families."""
-    text = "".join(scenario.nfkit.files["oprint-flows.log"])
+    text = scenario.nfkit.files["oprint-flows.log"]
     assert "\norig.ip.saddr=192.0.2.1\norig.ip.daddr=192.0.2.2\n" in text
     assert "\norig.ip.saddr=2001:db8::1\norig.ip.daddr=2001:db8::2\n" in text
-    gprint = "".join(scenario.nfkit.files["gprint-packets.log"])
+    gprint = scenario.nfkit.files["gprint-packets.log"]
     assert ",ip.saddr=2001:db8::2,ip.daddr=2001:db8::1," in gprint
     assert ",ip.saddr=192.0.2.2,ip.daddr=192.0.2.1," in gprint
 
@@ -465,12 +479,10 @@ def log_logins(lab: Lab) -> None:
 
 @dataclass
 class Seeded:
-    files: dict[str, str]
+    out: Outputs
     rows: list[tuple[object, ...]]
     flows: int
     logged_packets: int
-    returncode: int
-    log: str
 
 
 def run_seeded(workdir: Path) -> Seeded:
@@ -496,39 +508,26 @@ def run_seeded(workdir: Path) -> Seeded:
             run.stop()
         finally:
             run.kill()
-    files = {}
-    for name in SEED_FILES.values():
-        with contextlib.suppress(FileNotFoundError):
-            files[name] = run.output(name)
     with sqlite3.connect(workdir / "flows.db") as db:
-        rows = db.execute("SELECT * FROM ct ORDER BY orig_ip_saddr_str").fetchall()
+        rows = db.execute("SELECT * FROM ct").fetchall()
     db.close()
-    code = -1 if run.returncode is None else run.returncode
-    return Seeded(files, rows, flows, logged, code, run.diagnostics())
+    return Seeded(Outputs.of(run, SEED_FILES.values()), rows, flows, logged)
 
 
 @pytest.fixture(scope="module")
 def seeded() -> Iterator[Seeded]:
-    reason = unavailable_reason() or (
-        None if shutil.which("conntrack") else "conntrack (Debian package conntrack) missing")
-    if reason:
-        pytest.skip(reason)
-    workdir = Path(tempfile.mkdtemp(prefix="nfkit-flow-seed-"))
-    try:
-        yield run_seeded(workdir)
-    finally:
-        remove_workdir(workdir)
+    yield from in_workdir(conntrack_skip_reason(), run_seeded, "nfkit-flow-seed-")
 
 
 def test_seed_stacks_run_and_stop_cleanly(seeded: Seeded) -> None:
-    assert seeded.returncode == 0, seeded.log
+    assert seeded.out.returncode == 0, seeded.out.log
     assert seeded.flows == 2 * 5 + 2  # a -> b traffic, the two logins
 
 
 def test_seed_printflow_stack(seeded: Seeded) -> None:
     """ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU: one line per ended flow,
     the NATed connection with both its tuples."""
-    lines = seeded.files["printflow.log"].splitlines()
+    lines = seeded.out.files["printflow.log"].splitlines()
     assert len(lines) == seeded.flows
     head = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ \[DESTROY\] "
     assert all(re.match(head + "ORIG: SRC=", line) for line in lines)
@@ -542,7 +541,7 @@ def test_seed_printflow_stack(seeded: Seeded) -> None:
 
 def test_seed_oprint_stack(seeded: Seeded) -> None:
     """ct1:NFCT,op1:OPRINT: one record per flow, addresses the right way round."""
-    records = oprint_records(seeded.files["oprint.log"].splitlines(keepends=True))
+    records = oprint_records(seeded.out.lines("oprint.log"))
     assert len(records) == seeded.flows
     sources = {dict(record)["orig.ip.saddr"] for record in records}
     assert sources == {"192.0.2.1", "2001:db8::1"}
@@ -551,7 +550,7 @@ def test_seed_oprint_stack(seeded: Seeded) -> None:
 
 def test_seed_mark_stacks_keep_only_marked_flows(seeded: Seeded) -> None:
     """NFCT -> MARK (mark=7) -> IP2STR -> JSON / SQLITE3: the CONNMARKed UDP flows only."""
-    objects = [json.loads(line) for line in seeded.files["marked.json"].splitlines()]
+    objects = [json.loads(line) for line in seeded.out.files["marked.json"].splitlines()]
     flows = sorted((o["src_ip"], o["reply.ip.saddr.str"], o["orig.ip.protocol"],
                     o["orig.l4.dport"], o["ct.mark"]) for o in objects)
     assert flows == [
@@ -567,7 +566,7 @@ def test_seed_mark_stacks_keep_only_marked_flows(seeded: Seeded) -> None:
 def test_pwsniff_finds_real_logins(seeded: Seeded) -> None:
     """NFLOG -> BASE -> PWSNIFF -> IP2STR -> JSON on FTP (IPv4) and POP3 (IPv6) logins:
     the credentials appear, and the other segments are logged too, without them."""
-    objects = [json.loads(line) for line in seeded.files["logins.json"].splitlines()]
+    objects = [json.loads(line) for line in seeded.out.files["logins.json"].splitlines()]
     assert len(objects) == seeded.logged_packets
     found = [(o["src_ip"], o["dest_port"], o.get("pwsniff.user"), o.get("pwsniff.pass"))
              for o in objects if "pwsniff.user" in o or "pwsniff.pass" in o]
