@@ -130,7 +130,7 @@ def encode_record(packet: bytes, options: Iterable[tuple[int, str | int | bytes]
     ``options`` are ``(id, value)``: a string is sent NUL-terminated, an
     integer in the option's layout (:data:`NUMBER_LAYOUTS`), bytes as they are.
     """
-    parts = [struct.pack("!IH", 0, len(packet)), _padded(packet)]
+    parts = [_padded(packet)]
     for option, value in options:
         if isinstance(value, str):
             raw = value.encode("utf-8", "surrogateescape") + b"\0"
@@ -143,9 +143,10 @@ def encode_record(packet: bytes, options: Iterable[tuple[int, str | int | bytes]
             raw = value
         parts += [OPTION_HEADER.pack(option, len(raw)), _padded(raw)]
     body = b"".join(parts)
-    if len(body) + 2 > MAX_TOTAL_SIZE:
-        raise ValueError(f"a record holds at most {MAX_TOTAL_SIZE - 2} bytes, not {len(body)}")
-    return RECORD_PREFIX.pack(MARKER, len(body) + 2) + body
+    total_size = RECORD_HEADER.size - 4 + len(body)
+    if total_size > MAX_TOTAL_SIZE:
+        raise ValueError(f"a record holds at most {MAX_TOTAL_SIZE + 4} bytes, not {total_size + 4}")
+    return RECORD_HEADER.pack(MARKER, total_size, 0, len(packet)) + body
 
 
 def decode_record(record: bytes) -> tuple[Event, list[int]]:
