@@ -12,6 +12,8 @@ from __future__ import annotations
 import glob
 import logging
 import re
+import shutil
+import signal
 import struct
 import tempfile
 import time
@@ -58,7 +60,6 @@ from test_flow_differential import (
     b_initiated_traffic,
     conntrack_on,
     flush_flows,
-    lab_skip_reason,
 )
 
 # -- helpers -------------------------------------------------------------------------------
@@ -403,8 +404,11 @@ def daemon_config(workdir: Path, stacks: Sequence[str], sections: Sections) -> s
     return "\n".join(lines) + "\n"
 
 
-def lab_or_skip(stack: str) -> None:
-    reason = unavailable_reason() or missing_reference([stack])
+def lab_or_skip(*stacks: str) -> None:
+    reason = unavailable_reason() or missing_reference(stacks)
+    # flush_flows ends the flows with Debian's conntrack
+    if not reason and any("NFCT" in s for s in stacks) and not shutil.which("conntrack"):
+        reason = "conntrack (Debian package conntrack) not installed"
     if reason:
         pytest.skip(reason)
 
@@ -535,9 +539,7 @@ def test_nfct_flows_match_ulogd(workdir: Path) -> None:
     # ct1: one record per ended flow (the flow table); ct2: every NEW and DESTROY event,
     # NEW ones with the protocol state, timeout and use count
     stacks = ["ct1:NFCT,xml1:XML", "ct2:NFCT,xml2:XML"]
-    reason = lab_skip_reason(tuple(stacks))
-    if reason:
-        pytest.skip(reason)
+    lab_or_skip(*stacks)
     sections = {"ct1": {"hash_enable": 1}, "ct2": {"hash_enable": 0}}
     run_both(workdir, stacks, lambda kind: sections, flows_then_flush)
     for instance in ("xml1", "xml2"):
@@ -599,3 +601,39 @@ def test_nfacct_objects_match_ulogd(workdir: Path) -> None:
         ("pings", "0" * 19 + "5"),
         (SPECIAL_NAME, "0" * 20),
     ]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.lab
+def test_sighup_ends_the_document_and_starts_another(workdir: Path) -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    stack = "log1:NFLOG,xml1:XML"
+    directory = workdir / "xml1"
+    config = daemon_config(workdir, [stack], {"log1": {"group": 3, "netlink_qtimeout": 1}})
+    with Lab() as lab:
+        assert lab.b.ip4
+        lab.iptables(lab.b, "-A", "INPUT", "-p", "icmp", "-j", "NFLOG", "--nflog-group", "3")
+        run = DaemonRun(lab, lab.b, "nfkit", workdir, config).start()
+        try:
+            assert run.proc is not None
+            assert lab.ping(lab.a, lab.b.ip4, count=2, interval=0.05)
+            wait_for(lambda: documents(directory, "pkt")[0].read_text().count("<log>") == 2,
+                     "the first packets")  # fmt: skip
+            for files in (2, 3):  # the second SIGHUP usually falls in the same second
+                run.proc.send_signal(signal.SIGHUP)
+                wait_for(lambda n=files: len(documents(directory, "pkt")) == n, f"file {files}")
+            assert lab.ping(lab.a, lab.b.ip4, count=3, interval=0.05)
+            time.sleep(0.5)
+        finally:
+            assert run.stop() == 0, run.diagnostics()
+    first, second, third = (parse_document(p, "pkt") for p in documents(directory, "pkt"))
+    assert (len(first), len(second), len(third)) == (2, 0, 3)
