@@ -163,6 +163,7 @@ class Queue:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             self._open(transport, maxlen, receive_buffer, no_enobufs)
+            self._sender.batch = batch_verdicts
             try:
                 self._bind(maxlen, copy_mode, copy_range)
             except BaseException:
@@ -369,6 +370,8 @@ class Queue:
     def _other(self, data: bytes, packets: list[QueuedPacket]) -> None:
         """Errors the kernel sent about our verdicts, and anything malformed."""
         try:
+            if len(data) < 16:
+                raise DecodeError(f"a datagram of {len(data)} bytes")
             for mtype, flags, seq, _pid, start, end in iter_message_spans(data):
                 if mtype == NLMSG_ERROR:
                     self._kernel_error(parse_error(data[start:end], flags), seq)
