@@ -122,6 +122,16 @@ NUFW = [
     (RecordOption.APP_NAME, "/usr/bin/curl"),
 ]
 
+#: What NUFW becomes in an event.
+NUFW_KEYS = {
+    "nufw.user.name": "alice",
+    "nufw.user.id": 1000,
+    "nufw.os.name": "Linux",
+    "nufw.os.rel": "6.1",
+    "nufw.os.vers": "#1 SMP",
+    "nufw.app.name": "/usr/bin/curl",
+}
+
 
 def options(prefix: str, state: int = 1) -> list[tuple[int, str | int | bytes]]:
     return [
@@ -169,12 +179,7 @@ def test_record_layout_and_every_option() -> None:
         "oob.out": "eth1",
         "oob.time.sec": T0,
         "raw.label": 2,
-        "nufw.user.name": "alice",
-        "nufw.user.id": 1000,
-        "nufw.os.name": "Linux",
-        "nufw.os.rel": "6.1",
-        "nufw.os.vers": "#1 SMP",
-        "nufw.app.name": "/usr/bin/curl",
+        **NUFW_KEYS,
     }
     assert decode_record(encode_record(TCP6))[0]["oob.family"] == socket.AF_INET6
     assert decode_record(encode_record(b""))[0]["oob.family"] == 0
@@ -382,14 +387,7 @@ def test_packets_through_printpkt_logemu_and_json(workdir: Path) -> None:
     ]
     assert [o["raw.label"] for o in objects] == [0, 1, 0, 1, 0]
     first = objects[0]
-    assert {k: v for k, v in first.items() if k.startswith("nufw.")} == {
-        "nufw.user.name": "alice",
-        "nufw.user.id": 1000,
-        "nufw.os.name": "Linux",
-        "nufw.os.rel": "6.1",
-        "nufw.os.vers": "#1 SMP",
-        "nufw.app.name": "/usr/bin/curl",
-    }
+    assert {k: v for k, v in first.items() if k.startswith("nufw.")} == NUFW_KEYS
     assert (first["oob.prefix"], first["oob.time.sec"], first["raw.pktlen"]) == ("TCP-IN: ", T0, 40)
     assert (first["src_port"], first["dest_port"], first["tcp.syn"]) == (40000, 80, 1)
     assert all("nufw.user.name" not in o for o in objects[1:])
