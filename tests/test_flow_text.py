@@ -1,8 +1,9 @@
 """PRINTFLOW, PWSNIFF, NACCT, OPRINT and GPRINT on synthetic events (no kernel).
 
 Flow events follow the NFCT contract (ulogd's key names, addresses as 4/16 bytes,
-IP2STR's ``.str`` keys) and NFCT's key declarations; packet events come from the real BASE and IP2STR plugins run on
-the packets of ulogd2.md Appendix B, so OPRINT/GPRINT are checked against B.3/B.4.
+IP2STR's ``.str`` keys) and NFCT's key declarations; packet events come from the real
+BASE and IP2STR plugins run on the packets of ulogd2.md Appendix B, so OPRINT/GPRINT
+are checked against B.3/B.4.
 The kernel tests are in tests/test_flow_differential.py.
 """
 
@@ -28,6 +29,7 @@ from nfkit.logd.engine import Pipeline
 from nfkit.logd.errors import StartError
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import ERROR, Context, InputPlugin, Plugin, Settings
+from nfkit.logd.plugins.printflow import flow_line, ported_flow_line
 from nfkit.logd.plugins.pwsniff import credentials
 from nfkit.logd.registry import plugins
 from nfkit.packet import build_ipv4, build_ipv6, build_tcp, build_udp
@@ -215,6 +217,18 @@ def test_printflow_prints_only_valid_keys() -> None:
     assert printflow(partial) == ["ORIG: DST=192.0.2.2 PROTO=ICMP CODE=3 , REPLY: BYTES=0 \n"]
     tcp_without_ports = {"orig.ip.protocol": 6, "reply.ip.protocol": 17}
     assert printflow(tcp_without_ports) == ["ORIG: PROTO=TCP , REPLY: PROTO=UDP \n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([6, 17, 1, 58, 132, 47]), st.sets(st.sampled_from(sorted(
+    flow("192.0.2.1", "192.0.2.2", 6, 1, 2, more={"icmp.type": 8, "icmp.code": 0}))), max_size=4))
+def test_printflow_fast_path_prints_the_same(protocol: int, removed: set[str]) -> None:
+    """Complete TCP/UDP flows take a shortcut; any event prints as the general code does."""
+    event = flow("192.0.2.1", "192.0.2.2", protocol, 1, 2,
+                 more={"icmp.type": 8, "icmp.code": 0, "icmpv6.type": 1, "icmpv6.code": 4})
+    for key in removed:
+        event.pop(key, None)
+    assert ported_flow_line(event) == flow_line(event)
 
 
 def test_printflow_drops_what_it_cannot_format() -> None:
