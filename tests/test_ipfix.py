@@ -35,6 +35,8 @@ from nfkit.logd.loop import EventLoop
 from nfkit.logd.plugin import ERROR, Context, Settings
 from nfkit.logd.plugins import ipfix, json_output
 from nfkit.logd.plugins.ipfix import IPFIX
+from reference import DaemonRun
+from test_logd_nfct import delete_flows, track
 from test_outputs import Listener, run_until
 
 NOW = 1_700_000_000
@@ -725,3 +727,75 @@ def nfdump_expected(event: Event) -> dict[str, Any]:
 def nfdump_time(milliseconds: int) -> str:
     moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{milliseconds % 1000:03d}"
+
+
+# -- real flows: NFCT -> IPFIX -> nfcapd, next to a JSON stack ---------------------------------
+
+
+def json_flow(line: str) -> Event:
+    """A JSON line of the NFCT,IP2STR,JSON stack back as the NFCT event it printed."""
+    record = json.loads(line)
+    event: Event = {
+        "orig.ip.saddr": socket.inet_pton(AF[record["oob.family"]], record["src_ip"]),
+        "orig.ip.daddr": socket.inet_pton(AF[record["oob.family"]], record["dest_ip"]),
+    }
+    names = ("orig.ip.protocol", "orig.raw.pktlen", "orig.raw.pktcount", "reply.raw.pktlen",
+             "reply.raw.pktcount", "flow.start.sec", "flow.start.usec", "flow.end.sec",
+             "flow.end.usec", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code", "ct.mark")
+    event |= {name: record[name] for name in names if name in record}
+    for name, cim in (("orig.l4.sport", "src_port"), ("orig.l4.dport", "dest_port")):
+        if name in record or cim in record:
+            event[name] = record.get(name, record.get(cim))
+    return event
+
+
+AF = {2: socket.AF_INET, 10: socket.AF_INET6}
+
+
+@pytest.mark.lab
+@pytest.mark.reference
+def test_kernel_flows_reach_nfdump(lab: Lab, tmp_path: Path) -> None:
+    if not shutil.which("nfcapd") or not shutil.which("conntrack"):
+        pytest.skip("nfdump or conntrack is not installed")
+    ns = lab.b
+    track(lab)  # counters and timestamps on in b
+    flows_dir = tmp_path / "flows"
+    flows_dir.mkdir()
+    nfcapd = lab.popen(ns, "nfcapd", "-w", str(flows_dir), "-b", "127.0.0.1",
+                       "-p", str(COLLECTOR_PORT), "-t", "3600", stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    wait_for(lambda: listening(lab, ns, "u"), "nfcapd")
+    config = "\n".join([
+        "[global]", f'logfile="{tmp_path / "daemon.log"}"', "loglevel=3",
+        "stack=ct1:NFCT,ipfix1:IPFIX", "stack=ct1:NFCT,ip2str1:IP2STR,json1:JSON",
+        "[ipfix1]", "oid=3", 'host="127.0.0.1"', 'proto="udp"', f"port={COLLECTOR_PORT}",
+        "[json1]", f'file="{tmp_path / "flows.json"}"', "sync=1",
+    ]) + "\n"
+    run = DaemonRun(lab, ns, "nfkit", tmp_path, config).start()
+    a, b = lab.a, lab.b
+    assert a.ip4 and a.ip6 and b.ip4 and b.ip6
+    try:
+        lab.tcp_exchange(a, b.ip4, 8080, data=b"x" * 1000)
+        lab.udp(a, b.ip6, 5001, count=3, size=100, recv=True)
+        assert lab.ping(a, b.ip4, count=2, interval=0.05)
+        assert lab.ping(a, b.ip6, count=1)
+        for criteria in (("-p", "tcp", "--dport", "8080"), ("-f", "ipv6", "-p", "udp"),
+                         ("-p", "icmp"), ("-f", "ipv6", "-p", "icmpv6")):
+            delete_flows(lab, *criteria)  # the DESTROY events end the flows now
+        wait_for(lambda: run.count_lines("flows.json") >= 4, "four ended flows")
+    finally:
+        assert run.stop() == 0  # sends the last message
+    nfcapd.terminate()
+    nfcapd.wait(timeout=20)
+    events = [json_flow(line) for line in run.output("flows.json").splitlines()]
+    assert_nfdump_shows(glob.glob(str(flows_dir / "nfcapd.2*"))[0], events)
+    by_proto = {event["orig.ip.protocol"]: event for event in events}
+    assert set(by_proto) == {6, 17, 1, 58}
+    udp = by_proto[17]
+    assert (udp["orig.ip.saddr"], udp["orig.ip.daddr"]) == (
+        socket.inet_pton(socket.AF_INET6, a.ip6), socket.inet_pton(socket.AF_INET6, b.ip6))
+    assert (udp["orig.l4.dport"], udp["orig.raw.pktcount"], udp["orig.raw.pktlen"]) == (
+        5001, 3, 3 * (40 + 8 + 100))
+    ping = by_proto[1]
+    assert (ping["orig.raw.pktcount"], ping["reply.raw.pktcount"]) == (2, 2)
+    assert by_proto[6]["orig.raw.pktlen"] > 1000 and by_proto[6]["reply.raw.pktcount"] > 2
