@@ -72,7 +72,10 @@ class EventLoop:
                 timer.when = now + timer.interval
                 self._schedule(timer)
             timer.callback()
-        return max(0.0, self._timers[0][0] - now) if self._timers else None
+        if not self._timers:
+            return None
+        # From the time after the callbacks: they may have run for a while.
+        return max(0.0, self._timers[0][0] - time.monotonic())
 
     # -- signals ---------------------------------------------------------------
 
