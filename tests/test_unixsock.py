@@ -33,6 +33,7 @@ from nfkit.cli.logd import describe
 from nfkit.lab import Lab
 from nfkit.logd.plugins.unixsock import (
     MARKER,
+    OPTION_CACHE_SIZE,
     MalformedRecord,
     RecordOption,
     decode_record,
@@ -168,7 +169,7 @@ def test_record_layout_and_every_option() -> None:
     assert record[60:72] == b"TCP-IN: \0" + bytes(3)  # padded to 8 bytes
     assert len(record) % 8 == 4
     event, unknown = decode_record(record)
-    assert unknown == []
+    assert unknown == ()
     assert event == {
         "oob.family": socket.AF_INET,
         "raw.pkt": TCP4,
@@ -203,7 +204,7 @@ def test_records_as_nuauth_writes_them() -> None:
         (RecordOption.USER_ID, struct.pack("=I", 42)),
     ]
     event, unknown = decode_record(nuauth_record(UDP4, opts))
-    assert unknown == []
+    assert unknown == ()
     assert event["oob.prefix"] == "Open " and event["raw.label"] == 1
     assert (event["oob.time.sec"], event["nufw.user.name"], event["nufw.user.id"]) == (
         T0,
@@ -254,7 +255,19 @@ def test_malformed_records_are_refused(record: bytes, message: str) -> None:
 def test_unknown_options_are_reported_and_skipped() -> None:
     record = encode_record(UDP4, [(99, b"zz"), (RecordOption.PREFIX, "p"), (0, b"")])
     event, unknown = decode_record(record)
-    assert unknown == [99, 0] and event["oob.prefix"] == "p"
+    assert unknown == (99, 0) and event["oob.prefix"] == "p"
+
+
+def test_option_cache_is_bounded_and_never_shared() -> None:
+    cache: dict[bytes, Any] = {}
+    first, _ = decode_record(good("same"), cache)
+    first["oob.prefix"] = "changed downstream"
+    second, _ = decode_record(encode_record(TCP4, options("same")), cache)
+    assert second["oob.prefix"] == "same" and second["raw.pkt"] == TCP4
+    assert len(cache) == 1
+    for n in range(OPTION_CACHE_SIZE + 10):
+        decode_record(encode_record(b"", [(RecordOption.TIME, n)]), cache)
+    assert len(cache) <= OPTION_CACHE_SIZE
 
 
 def test_encode_refuses_what_no_record_can_hold() -> None:

@@ -149,20 +149,32 @@ def encode_record(packet: bytes, options: Iterable[tuple[int, str | int | bytes]
     return RECORD_HEADER.pack(MARKER, total_size, 0, len(packet)) + body
 
 
-def decode_record(record: bytes) -> tuple[Event, list[int]]:
+#: The options of a record, decoded: keys and values, ids of the unknown options.
+DecodedOptions = tuple[Event, tuple[int, ...]]
+#: Distinct option blocks a decoder remembers (a client's records mostly repeat theirs).
+OPTION_CACHE_SIZE = 1024
+
+
+def decode_record(
+    record: bytes, cache: dict[bytes, DecodedOptions] | None = None
+) -> tuple[Event, tuple[int, ...]]:
     """The event of one whole record, and the ids of the options it did not know.
+
+    ``cache`` maps option blocks already seen to their decoding: one client's
+    records mostly carry the same prefix, interfaces and time.
 
     Raises:
         MalformedRecord: the record's lengths do not add up.
     """
-    if len(record) < RECORD_HEADER.size:
+    end = len(record)
+    if end < RECORD_HEADER.size:
         raise MalformedRecord(
-            f"record of {len(record)} bytes, shorter than its {RECORD_HEADER.size}-byte header"
+            f"record of {end} bytes, shorter than its {RECORD_HEADER.size}-byte header"
         )
     length = RECORD_HEADER.unpack_from(record)[3]
     start = RECORD_HEADER.size
-    if start + length > len(record):
-        raise MalformedRecord(f"packet of {length} bytes in a record of {len(record)}")
+    if start + length > end:
+        raise MalformedRecord(f"packet of {length} bytes in a record of {end}")
     payload = record[start : start + length]
     event: Event = {
         "oob.family": _FAMILIES.get(payload[0] >> 4, 0) if payload else 0,
@@ -170,14 +182,30 @@ def decode_record(record: bytes) -> tuple[Event, list[int]]:
         "raw.pktlen": length,
         "raw.pktcount": 1,
     }
-    unknown: list[int] = []
-    end = len(record)
     # The last option's padding may be left out, the payload's too when no option follows.
     position = start + align(length)
+    if position >= end:
+        return event, ()
+    block = record[position:]
+    decoded = cache.get(block) if cache is not None else None
+    if decoded is None:
+        decoded = _decode_options(block)
+        if cache is not None:
+            if len(cache) >= OPTION_CACHE_SIZE:
+                cache.clear()
+            cache[block] = decoded
+    event.update(decoded[0])
+    return event, decoded[1]
+
+
+def _decode_options(block: bytes) -> DecodedOptions:
+    values: Event = {}
+    unknown: list[int] = []
+    position, end = 0, len(block)
     while position < end:
         if end - position < OPTION_HEADER.size:
             raise MalformedRecord(f"{end - position} bytes after the options: a cut option header")
-        option, size = OPTION_HEADER.unpack_from(record, position)
+        option, size = OPTION_HEADER.unpack_from(block, position)
         value_at = position + OPTION_HEADER.size
         if value_at + size > end:
             raise MalformedRecord(
@@ -189,15 +217,15 @@ def decode_record(record: bytes) -> tuple[Event, list[int]]:
         else:
             layout = NUMBER_LAYOUTS.get(option)
             if layout is None:
-                raw = record[value_at : value_at + size]
+                raw = block[value_at : value_at + size]
                 nul = raw.find(b"\0")
-                event[key] = (raw if nul < 0 else raw[:nul]).decode("utf-8", "surrogateescape")
+                values[key] = (raw if nul < 0 else raw[:nul]).decode("utf-8", "surrogateescape")
             elif size < layout.size:
                 raise MalformedRecord(f"option {option} of {size} bytes, {layout.size} needed")
             else:
-                event[key] = layout.unpack_from(record, value_at)[0]
+                values[key] = layout.unpack_from(block, value_at)[0]
         position = value_at + align(size)
-    return event, unknown
+    return values, tuple(unknown)
 
 
 class _Client:
@@ -347,6 +375,7 @@ class UNIXSOCK(InputPlugin):
         self._clients: dict[int, _Client] = {}
         self._max_record = self.settings["bufsize"] or MAX_TOTAL_SIZE + 4
         self._report = LogLimiter(self.log, f"UNIXSOCK {self.id}")
+        self._option_cache: dict[bytes, DecodedOptions] = {}
         try:
             self._listen(path)
         except BaseException:
@@ -505,36 +534,41 @@ class UNIXSOCK(InputPlugin):
         buffer = client.buffer
         end = len(buffer)
         position = 0
-        while end - position >= RECORD_PREFIX.size:
-            marker, total_size = RECORD_PREFIX.unpack_from(buffer, position)
-            if marker != MARKER or total_size < MIN_TOTAL_SIZE:
-                self.counts.disconnected += 1
-                self._report(logging.WARNING,
-                             "UNIXSOCK %s: %s sent bytes that do not start a record "
-                             "(marker 0x%08x, expected 0x%08x): disconnected",
-                             self.id, client.name, marker, MARKER)  # fmt: skip
-                self._close(client)
-                return False
-            size = total_size + 4
-            if end - position < size:
-                break
-            if size > self._max_record:
-                self._skip(client, f"record of {size} bytes, larger than bufsize")
-            else:
-                try:
-                    event, unknown = decode_record(bytes(buffer[position : position + size]))
-                except MalformedRecord as exc:
-                    self._skip(client, str(exc))
+        cache = self._option_cache
+        with memoryview(buffer) as view:
+            while end - position >= RECORD_PREFIX.size:
+                marker, total_size = RECORD_PREFIX.unpack_from(view, position)
+                if marker != MARKER or total_size < MIN_TOTAL_SIZE:
+                    self.counts.disconnected += 1
+                    self._report(logging.WARNING,
+                                 "UNIXSOCK %s: %s sent bytes that do not start a record "
+                                 "(marker 0x%08x, expected 0x%08x): disconnected",
+                                 self.id, client.name, marker, MARKER)  # fmt: skip
+                    self._close(client)
+                    return False
+                size = total_size + 4
+                if end - position < size:
+                    break
+                if size > self._max_record:
+                    self._skip(client, f"record of {size} bytes, larger than bufsize")
                 else:
-                    events.append(event)
-                    if unknown:
-                        self.counts.unknown_options += len(unknown)
-                        ids = ", ".join(map(str, unknown))
-                        self._report(logging.WARNING, "UNIXSOCK %s: %s: unknown option %s ignored",
-                                     self.id, client.name, ids)  # fmt: skip
-            position += size
+                    record = view[position : position + size].tobytes()
+                    try:
+                        event, unknown = decode_record(record, cache)
+                    except MalformedRecord as exc:
+                        self._skip(client, str(exc))
+                    else:
+                        events.append(event)
+                        if unknown:
+                            self._unknown(client, unknown)
+                position += size
         del buffer[:position]
         return True
+
+    def _unknown(self, client: _Client, options: tuple[int, ...]) -> None:
+        self.counts.unknown_options += len(options)
+        self._report(logging.WARNING, "UNIXSOCK %s: %s: unknown option %s ignored",
+                     self.id, client.name, ", ".join(map(str, options)))  # fmt: skip
 
     def _skip(self, client: _Client, reason: str) -> None:
         self.counts.malformed += 1
