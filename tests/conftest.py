@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from nfkit.lab import Lab, unavailable_reason
+from nfkit.logd.loop import EventLoop
+from nfkit.logd.plugins import json_output
 
 
 @pytest.fixture
@@ -31,3 +33,17 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    """logd's event loop, closed afterwards."""
+    the_loop = EventLoop()
+    yield the_loop
+    the_loop.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Network outputs retry a connection after 50 ms (then twice as long each time)."""
+    monkeypatch.setattr(json_output.LineSender, "retry_interval", 0.05)

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,6 @@ def sample(name: str = "ipv4.tcp", packets: int = 123, octets: int = 45678,
     if stamp is not None:
         event |= {"oob.time.sec": stamp, "oob.time.usec": 0}
     return event
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    the_loop = EventLoop()
-    yield the_loop
-    the_loop.close()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(json_output.LineSender, "retry_interval", 0.05)
 
 
 def graphite(loop: EventLoop | None, port: int | str = 2003, **values: Any) -> GRAPHITE:

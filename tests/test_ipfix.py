@@ -33,7 +33,7 @@ from nfkit.logd.errors import ConfigError
 from nfkit.logd.keys import Event
 from nfkit.logd.loop import EventLoop
 from nfkit.logd.plugin import ERROR, Context, Settings
-from nfkit.logd.plugins import ipfix, json_output
+from nfkit.logd.plugins import ipfix
 from nfkit.logd.plugins.ipfix import IPFIX
 from reference import DaemonRun
 from test_logd_nfct import delete_flows, track
@@ -182,18 +182,6 @@ def expected_record(event: Event) -> dict[str, Any]:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    the_loop = EventLoop()
-    yield the_loop
-    the_loop.close()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(json_output.LineSender, "retry_interval", 0.05)
 
 
 def exporter(loop: EventLoop | None, **values: Any) -> IPFIX:
@@ -668,20 +656,30 @@ def test_nfcapd_stores_the_flows_nfdump_reads_back(lab: Lab, tmp_path: Path) -> 
     if not shutil.which("nfcapd") or not shutil.which("nfdump"):
         pytest.skip("nfdump is not installed")
     ns = lab.a
-    flows_dir = tmp_path / "flows"
-    flows_dir.mkdir()
-    # nfcapd listens on UDP only (nfdump 1.7 has no TCP collector).
-    nfcapd = lab.popen(ns, "nfcapd", "-w", str(flows_dir), "-b", "127.0.0.1",
-                       "-p", str(COLLECTOR_PORT), "-t", "3600", stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-    wait_for(lambda: listening(lab, ns, "u"), "nfcapd")
+    collector = Nfcapd(lab, ns, tmp_path / "flows")
     events = [flow(sport=2000 + n) if n % 2 else flow(V6_A, V6_B, sport=2000 + n)
               for n in range(100)] + [icmp4_flow(), icmp6_flow()]
     export_in(lab, ns, events, proto="udp", mtu=1400)
-    nfcapd.terminate()  # it writes and renames its file on SIGTERM
-    nfcapd.wait(timeout=20)
-    (stored,) = glob.glob(str(flows_dir / "nfcapd.2*"))
-    assert_nfdump_shows(stored, events)
+    assert_nfdump_shows(collector.stored(), events)
+
+
+class Nfcapd:
+    """nfdump's collector on 127.0.0.1 in ``ns`` (UDP only: nfdump 1.7 has no TCP collector)."""
+
+    def __init__(self, lab: Lab, ns: Node, directory: Path) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.proc = lab.popen(ns, "nfcapd", "-w", str(directory), "-b", "127.0.0.1",
+                              "-p", str(COLLECTOR_PORT), "-t", "3600",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: listening(lab, ns, "u"), "nfcapd")
+
+    def stored(self) -> str:
+        """Stop nfcapd (it writes and renames its file on SIGTERM); the file's path."""
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+        (path,) = glob.glob(str(self.directory / "nfcapd.2*"))
+        return path
 
 
 def assert_nfdump_shows(path: str, events: list[Event]) -> None:
@@ -759,12 +757,7 @@ def test_kernel_flows_reach_nfdump(lab: Lab, tmp_path: Path) -> None:
         pytest.skip("nfdump or conntrack is not installed")
     ns = lab.b
     track(lab)  # counters and timestamps on in b
-    flows_dir = tmp_path / "flows"
-    flows_dir.mkdir()
-    nfcapd = lab.popen(ns, "nfcapd", "-w", str(flows_dir), "-b", "127.0.0.1",
-                       "-p", str(COLLECTOR_PORT), "-t", "3600", stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-    wait_for(lambda: listening(lab, ns, "u"), "nfcapd")
+    collector = Nfcapd(lab, ns, tmp_path / "flows")
     config = "\n".join([
         "[global]", f'logfile="{tmp_path / "daemon.log"}"', "loglevel=3",
         "stack=ct1:NFCT,ipfix1:IPFIX", "stack=ct1:NFCT,ip2str1:IP2STR,json1:JSON",
@@ -785,10 +778,8 @@ def test_kernel_flows_reach_nfdump(lab: Lab, tmp_path: Path) -> None:
         wait_for(lambda: run.count_lines("flows.json") >= 4, "four ended flows")
     finally:
         assert run.stop() == 0  # sends the last message
-    nfcapd.terminate()
-    nfcapd.wait(timeout=20)
     events = [json_flow(line) for line in run.output("flows.json").splitlines()]
-    assert_nfdump_shows(glob.glob(str(flows_dir / "nfcapd.2*"))[0], events)
+    assert_nfdump_shows(collector.stored(), events)
     by_proto = {event["orig.ip.protocol"]: event for event in events}
     assert set(by_proto) == {6, 17, 1, 58}
     udp = by_proto[17]

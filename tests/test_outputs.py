@@ -228,13 +228,6 @@ def timezone() -> Iterator[Callable[[str], None]]:
     time.tzset()
 
 
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    the_loop = EventLoop()
-    yield the_loop
-    the_loop.close()
-
-
 def make(cls: type[Plugin], values: dict[str, Any], loop: EventLoop | None = None,
          upstream: tuple[type[Plugin], ...] = UPSTREAM) -> Any:
     """An instance configured as the last element of UNIXSOCK,BASE,IP2STR,<cls>."""
@@ -539,11 +532,6 @@ def test_json_sighup_reconnects(loop: EventLoop, tmp_path: Path) -> None:
     listener.close()
     assert listener.accepted == 2
     assert listener.lines() == [plugin.format.line(tcp4_event()), plugin.format.line(tcp6_event())]
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(json_output.LineSender, "retry_interval", 0.05)
 
 
 @pytest.mark.parametrize("mode", ["tcp", "unix"])
