@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nfkit.cli.logd import describe
 from nfkit.lab import Lab
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event
@@ -160,16 +156,6 @@ def test_retries_back_off(loop: EventLoop, fast_retries: None,
     run_until(loop, lambda: len(retries) == 5, timeout=10)
     plugin.stop()
     assert retries == [0.05, 0.1, 0.2, 0.2, 0.2]  # doubling up to max_retry_interval
-
-
-@pytest.mark.reference
-def test_info_is_ulogds() -> None:
-    library = "/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_GRAPHITE.so"
-    if not shutil.which("ulogd") or not os.path.exists(library):
-        pytest.skip("ulogd2 is not installed")
-    expected = subprocess.run(["ulogd", "--info", library], capture_output=True, text=True,
-                              check=True).stdout
-    assert describe(GRAPHITE) == expected
 
 
 # -- NFACCT -> GRAPHITE through the kernel, next to a JSON stack -------------------------

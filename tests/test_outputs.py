@@ -318,7 +318,7 @@ class Listener:
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["JSON", "SYSLOG", "PCAP", "SQLITE3", "XML"])
+@pytest.mark.parametrize("name", ["JSON", "SYSLOG", "PCAP", "SQLITE3", "XML", "GRAPHITE"])
 def test_info_matches_ulogd(name: str) -> None:
     library = f"/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_{name}.so"
     if not shutil.which("ulogd") or not os.path.exists(library):
