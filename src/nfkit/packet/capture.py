@@ -389,14 +389,43 @@ _TIMESTAMP = struct.Struct("!QQ")
 _HWADDR = struct.Struct("!H2x8s")
 _PACKET_HDR = struct.Struct("!HBx")
 
-#: Integer fields in the order the kernel writes them (nfnetlink_log.c).
-_BE32_FIELDS = (
-    ("indev", nflog.ATTR_IFINDEX_INDEV),
-    ("outdev", nflog.ATTR_IFINDEX_OUTDEV),
-    ("physindev", nflog.ATTR_IFINDEX_PHYSINDEV),
-    ("physoutdev", nflog.ATTR_IFINDEX_PHYSOUTDEV),
-    ("mark", nflog.ATTR_MARK),
+
+def _header(kind: int, size: int) -> bytes:
+    """The attribute header of a fixed-size value (native byte order)."""
+    return _NATIVE_TLV.pack(4 + size, kind)
+
+
+#: Fixed-size attributes as (field, header) in the kernel's order (nfnetlink_log.c):
+#: 32-bit values before the hardware address, and after the timestamp.
+_EARLY_BE32 = tuple(
+    (field, _header(kind, 4))
+    for field, kind in (
+        ("indev", nflog.ATTR_IFINDEX_INDEV),
+        ("outdev", nflog.ATTR_IFINDEX_OUTDEV),
+        ("physindev", nflog.ATTR_IFINDEX_PHYSINDEV),
+        ("physoutdev", nflog.ATTR_IFINDEX_PHYSOUTDEV),
+        ("mark", nflog.ATTR_MARK),
+    )
 )
+_LATE_BE32 = tuple(
+    (field, _header(kind, 4))
+    for field, kind in (
+        ("uid", nflog.ATTR_UID),
+        ("gid", nflog.ATTR_GID),
+        ("seq", nflog.ATTR_SEQ),
+        ("seq_global", nflog.ATTR_SEQ_GLOBAL),
+    )
+)
+_PACKET_HDR_HEADER = _header(nflog.ATTR_PACKET_HDR, _PACKET_HDR.size)
+_HWADDR_HEADER = _header(nflog.ATTR_HWADDR, _HWADDR.size)
+_HWTYPE_HEADER = _header(nflog.ATTR_HWTYPE, 2)
+_HWLEN_HEADER = _header(nflog.ATTR_HWLEN, 2)
+_TIMESTAMP_HEADER = _header(nflog.ATTR_TIMESTAMP, _TIMESTAMP.size)
+_PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
+
+
+def _attribute(kind: int, value: bytes) -> bytes:
+    return _NATIVE_TLV.pack(4 + len(value), kind) + value + _PADDING[-len(value) % 4]
 
 
 def decode_nflog(data: bytes, byteorder: ByteOrder) -> nflog.LogPacket:
@@ -448,41 +477,35 @@ def encode_nflog(fields: Mapping[str, Any]) -> bytes:
     kernel's attribute order; ``mark`` 0 is left out, as the kernel does.
     """
     get = fields.get
+    be32 = _BE32.pack
     parts = [NFGENMSG.pack(fields["family"], 0, get("group") or 0)]
-
-    def put(kind: int, value: bytes) -> None:
-        parts.append(_NATIVE_TLV.pack(4 + len(value), kind) + value + bytes(-len(value) % 4))
-
+    append = parts.append
     hw_protocol, hook = get("hw_protocol"), get("hook")
     if hw_protocol is not None or hook is not None:
-        put(nflog.ATTR_PACKET_HDR, _PACKET_HDR.pack(hw_protocol or 0, hook or 0))
+        append(_PACKET_HDR_HEADER + _PACKET_HDR.pack(hw_protocol or 0, hook or 0))
     prefix = get("prefix")
     if prefix is not None:
-        put(nflog.ATTR_PREFIX, prefix.encode("utf-8", "surrogateescape") + b"\0")
-    for name, kind in _BE32_FIELDS:
+        append(_attribute(nflog.ATTR_PREFIX, prefix.encode("utf-8", "surrogateescape") + b"\0"))
+    for name, header in _EARLY_BE32:
         value = get(name)
         if value:
-            put(kind, _BE32.pack(value))
+            append(header + be32(value))
     hwaddr = get("hwaddr")
     if hwaddr is not None:
-        put(nflog.ATTR_HWADDR, _HWADDR.pack(min(len(hwaddr), 8), hwaddr))
+        append(_HWADDR_HEADER + _HWADDR.pack(min(len(hwaddr), 8), hwaddr))
     hwheader = get("hwheader")
     if hwheader is not None:
-        put(nflog.ATTR_HWTYPE, _BE16.pack(get("hwtype") or 0))
-        put(nflog.ATTR_HWLEN, _BE16.pack(get("hwlen", len(hwheader))))
-        put(nflog.ATTR_HWHEADER, hwheader)
-    if get("ts_sec") is not None:
-        put(nflog.ATTR_TIMESTAMP, _TIMESTAMP.pack(fields["ts_sec"], get("ts_usec") or 0))
-    for name, kind in (
-        ("uid", nflog.ATTR_UID),
-        ("gid", nflog.ATTR_GID),
-        ("seq", nflog.ATTR_SEQ),
-        ("seq_global", nflog.ATTR_SEQ_GLOBAL),
-    ):
+        append(_HWTYPE_HEADER + _BE16.pack(get("hwtype") or 0) + b"\0\0")
+        append(_HWLEN_HEADER + _BE16.pack(get("hwlen", len(hwheader))) + b"\0\0")
+        append(_attribute(nflog.ATTR_HWHEADER, hwheader))
+    ts_sec = get("ts_sec")
+    if ts_sec is not None:
+        append(_TIMESTAMP_HEADER + _TIMESTAMP.pack(ts_sec, get("ts_usec") or 0))
+    for name, header in _LATE_BE32:
         value = get(name)
         if value is not None:
-            put(kind, _BE32.pack(value))
+            append(header + be32(value))
     payload = get("payload")
     if payload is not None:
-        put(nflog.ATTR_PAYLOAD, payload)
+        append(_attribute(nflog.ATTR_PAYLOAD, payload))
     return b"".join(parts)

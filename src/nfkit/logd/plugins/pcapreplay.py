@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from nfkit import nflog
+from nfkit.logd.daemon import NOTICE
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event
 from nfkit.logd.loop import Timer
@@ -250,7 +251,7 @@ class Replays:
         self.running.discard(replay.id)
         self.exit |= bool(replay.settings["exit_when_done"])
         if self.exit and not self.running and self.context.loop is not None:
-            self.context.log.info("every capture file replayed: exiting")
+            self.context.log.log(NOTICE, "every capture file replayed: exiting")
             self.context.loop.stop()
 
 
@@ -320,9 +321,7 @@ class PCAPREPLAY(InputPlugin):
         self._want_raw = self.wanted is None or "raw" in self.wanted
         self._want_addrlen = self.wanted is None or "raw.mac.addrlen" in self.wanted
         self.context.shared("pcap-replay", self.id, lambda: self.progress)
-        self._replays: Replays = self.context.shared(
-            "pcap-replays", None, lambda: Replays(self.context)
-        )
+        self._replays = self.context.shared("pcap-replays", None, lambda: Replays(self.context))
         self._replays.running.add(self.id)
 
     def _event_layout(self) -> tuple[dict[str, str], Event]:
@@ -405,11 +404,11 @@ class PCAPREPLAY(InputPlugin):
             self.progress.unsupported += 1
             if record.linktype not in self._skipped_linktypes:
                 self._skipped_linktypes.add(record.linktype)
-                self._file_problem(
+                readable = ", ".join(map(str, sorted(LINK_LAYERS)))
+                self._warn(
                     record.offset,
                     f"link type {record.linktype} (interface {record.interface}) is not one "
-                    "PCAPREPLAY reads (1, 101, 113, 228, 229, 239, 276): its packets are skipped",
-                    counted=False,
+                    f"PCAPREPLAY reads ({readable}): its packets are skipped",
                 )
             return None
         try:
@@ -420,7 +419,7 @@ class PCAPREPLAY(InputPlugin):
             why = "too short for its link layer, or not IP"
         if fields is None:
             self.progress.undecodable += 1
-            self._file_problem(record.offset, f"packet skipped: {why}", counted=False)
+            self._warn(record.offset, f"packet skipped: {why}")
             return None
         payload = fields.get("payload")
         if payload is not None:
@@ -439,18 +438,23 @@ class PCAPREPLAY(InputPlugin):
             event["raw"] = decode_nflog(encode_nflog(fields), sys.byteorder)
         return event
 
-    def _file_problem(self, offset: int, what: str, counted: bool = True) -> None:
-        if counted:
-            self.progress.problems += 1
-        name = self.reader.name if self.reader is not None else self.settings["file"]
-        self._problems(logging.WARNING, "%s: %s at offset %d: %s", self, name, offset, what)
+    def _file_problem(self, offset: int, what: str) -> None:
+        """The reader's report of a problem in the file's structure."""
+        self.progress.problems += 1
+        self._warn(offset, what)
+
+    def _warn(self, offset: int, what: str) -> None:
+        self._problems(
+            logging.WARNING, "%s: %s at offset %d: %s", self, self.settings["file"], offset, what
+        )
 
     def _finish(self) -> None:
         self.progress.finished = True
         self._problems.flush()
         line = self.progress.summary(force=True)
         if line:
-            self.log.info("%s", line)
+            skipped = any(v for k, v in self.progress.statistics().items() if k != "received")
+            self.log.log(NOTICE if skipped else logging.INFO, "%s", line)
         if self.reader is not None:
             self.reader.close()
             self.reader = None
