@@ -15,6 +15,7 @@ commands:
   conntrack  the conntrack-tools 1.4.7 command line (nfkit conntrack -h)
   demo       build a throwaway lab, log real traffic to SQLite and a text file, summarise
   logd       the ulogd2-compatible logging daemon (nfkit logd -h)
+  queue      serve NFQUEUE queues with a Python handler (nfkit queue -h)
 
 nfkit <command> -h shows the options of a command.
 """
@@ -37,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nfkit.cli.logd import main as logd_main
 
         return logd_main(rest)
+    if command == "queue":
+        from nfkit.cli.queue import main as queue_main
+
+        return queue_main(rest)
     if command == "demo":
         from nfkit.cli.demo import main as demo_main
 
