@@ -319,15 +319,21 @@ def wait_for(condition: Any, what: str, timeout: float = 15.0) -> Any:
         time.sleep(0.02)
 
 
+def logd_argv(conf: Path, user: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf)]
+    if user:
+        argv = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *argv]
+    return argv
+
+
 class Logd:
     """``nfkit logd`` reading ``conf``; started at once, ready when its main loop runs."""
 
     def __init__(self, conf: Path, user: str | None = None) -> None:
         self.dir = conf.parent
-        argv = [sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf)]
-        if user:
-            argv = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *argv]
-        self.proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            logd_argv(conf, user), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         wait_for(lambda: self._alive() and READY in self.log(), "the daemon's main loop")
 
     def _alive(self) -> bool:
@@ -502,11 +508,16 @@ def test_more_stacks_share_the_instance(workdir: Path) -> None:
     assert [o["oob.prefix"] for o in objects] == ["one", "two"]
 
 
+needs_setpriv = pytest.mark.skipif(
+    shutil.which("setpriv") is None or os.geteuid() != 0, reason="needs root and setpriv"
+)
+
+
 # -- the socket file -----------------------------------------------------------------------------
 
 
-def run_logd(conf: Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf)]
+def run_logd(conf: Path, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = logd_argv(conf, user)
     return subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -569,15 +580,23 @@ def test_unknown_owner_is_a_configuration_error(workdir: Path) -> None:
     assert not (workdir / "u.sock").exists()
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv missing")
+@needs_setpriv
 def test_runs_without_privileges(workdir: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
     logd = Logd(config(workdir, unixsock="perms=0666"), user="nobody")
     with logd.connect() as client:
         client.sendall(good("unprivileged"))
         assert logd.wait_lines(1) == [good_line("unprivileged")]
     logd.stop()
+    assert not (workdir / "u.sock").exists()
+
+
+@needs_setpriv
+def test_changing_the_owner_without_root_fails_the_start(workdir: Path) -> None:
+    conf = config(workdir, unixsock="owner=root")
+    result = run_logd(conf, user="nobody")
+    assert result.returncode == 1
+    assert re.search(rf"{conf}:\d+ \(owner\): cannot set up the unix socket", result.stderr)
+    assert "fix: changing the owner or group needs root" in result.stderr
     assert not (workdir / "u.sock").exists()
 
 

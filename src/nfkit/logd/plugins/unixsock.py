@@ -404,10 +404,11 @@ class UNIXSOCK(InputPlugin):
         except OSError as exc:
             server.close()
             os.unlink(path)
+            ownership = exc.errno == errno.EPERM
             raise StartError(
                 f"cannot set up the unix socket {path}: {exc.strerror}",
-                self.settings.where("owner" if exc.errno == errno.EPERM else "perms"),
-                "changing the owner or group needs root",
+                self.settings.where("owner" if ownership else "perms"),
+                "changing the owner or group needs root" if ownership else "check perms",
             ) from None
         server.setblocking(False)
         self._server = server
