@@ -26,25 +26,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from nfkit.cli.ctformat import flow_xml, xml_when
 from nfkit.conntrack.codec import decode_flow
 from nfkit.conntrack.const import CTA_ID
-from nfkit.conntrack.model import (
-    IPPROTO_DCCP,
-    IPPROTO_GRE,
-    IPPROTO_SCTP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    IPPROTO_UDPLITE,
-    DCCPInfo,
-    DCCPState,
-    Flow,
-    SCTPInfo,
-    SCTPState,
-    Status,
-    TCPInfo,
-    TCPState,
-    Tuple,
-)
+from nfkit.conntrack.model import Flow
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.files import FLUSH_INTERVAL, OutputFile
 from nfkit.logd.keys import Event, KeyType, keys
@@ -64,21 +49,6 @@ DOCUMENT_KINDS = (
 DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
 #: Files of one kind opened within one second: ``name.xml``, ``name-2.xml``, ...
 MAX_NAMES_PER_SECOND = 1000
-MAX_U64 = (1 << 64) - 1
-NSEC_PER_SEC = 1_000_000_000
-
-L3_NAMES = {2: "ipv4", 10: "ipv6"}
-L4_NAMES = {
-    6: "tcp", 17: "udp", 136: "udplite", 1: "icmp", 58: "icmpv6", 132: "sctp", 47: "gre",
-    33: "dccp",
-}  # fmt: skip
-PORT_PROTOCOLS = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP))
-# libnetfilter_conntrack prints SCTP and DCCP states from its TCP table; the
-# proper names are used here.
-STATE_NAMES: dict[type, dict[int, str]] = {
-    info: {member.value: member.name for member in states}
-    for info, states in ((TCPInfo, TCPState), (SCTPInfo, SCTPState), (DCCPInfo, DCCPState))
-}
 
 # Characters XML 1.0 cannot hold at all (C0 controls, lone surrogates from
 # undecodable bytes, U+FFFE/U+FFFF) become U+FFFD.
@@ -97,28 +67,22 @@ def xml_text(text: str) -> str:
     return escaped
 
 
-def time_fields(seconds: int) -> str:
-    """``<hour>``...``<year>`` of a time in local time, as the libraries print it."""
-    tm = time.localtime(seconds)
-    return (
-        f"<hour>{tm.tm_hour}</hour><min>{tm.tm_min:02d}</min><sec>{tm.tm_sec:02d}</sec>"
-        f"<wday>{(tm.tm_wday + 1) % 7 + 1}</wday><day>{tm.tm_mday}</day>"
-        f"<month>{tm.tm_mon}</month><year>{tm.tm_year}</year>"
-    )
-
-
 class Clock:
-    """``time_fields`` of the last second asked for (records of a batch share it)."""
+    """``<when>`` of the last second asked for (the records of a batch share it).
+
+    ``fields`` is the same without the ``<when>`` wrapper (nfacct's form).
+    """
 
     def __init__(self) -> None:
         self.second = -1
-        self.fields = ""
+        self.when = self.fields = ""
 
-    def __call__(self, seconds: int) -> str:
+    def __call__(self, seconds: int) -> Clock:
         if seconds != self.second:
             self.second = seconds
-            self.fields = time_fields(seconds)
-        return self.fields
+            self.when = xml_when(seconds)
+            self.fields = self.when[len("<when>") : -len("</when>")]
+        return self
 
 
 def conntrack_id(ct: bytes) -> int | None:
@@ -133,8 +97,8 @@ def conntrack_id(ct: bytes) -> int | None:
 
 
 def packet_xml(packet: LogPacket, when: str) -> str:
-    """``nflog_snprintf_xml(NFLOG_XML_ALL)``; ``when`` from :func:`time_fields`."""
-    parts = ["<log><when>", when, "</when>"]
+    """``nflog_snprintf_xml(NFLOG_XML_ALL)``; ``when``: the ``<when>`` element."""
+    parts = ["<log>", when]
     if packet.prefix is not None:
         parts += ("<prefix>", xml_text(packet.prefix), "</prefix>")
     if packet.hook is not None:  # the packet header attribute
@@ -161,96 +125,9 @@ def packet_xml(packet: LogPacket, when: str) -> str:
     return "".join(parts)
 
 
-def _tuple_xml(direction: str, tup: Tuple | None, family: int, counters: str) -> str:
-    """One ``<meta direction=...>``: addresses, ports (or GRE keys), zone, counters."""
-    if tup is None:  # libnetfilter_conntrack prints the zeroed tuple
-        tup = Tuple(family=family, proto=0)
-    proto = tup.proto or 0
-    parts = [
-        f'<meta direction="{direction}"><layer3 protonum="{tup.family}" '
-        f'protoname="{L3_NAMES.get(tup.family, "unknown")}">'
-        f"<src>{tup.src or ''}</src><dst>{tup.dst or ''}</dst></layer3>"
-        f'<layer4 protonum="{proto}" protoname="{L4_NAMES.get(proto, "unknown")}">'
-    ]
-    if proto in PORT_PROTOCOLS:
-        parts.append(f"<sport>{tup.sport or 0}</sport><dport>{tup.dport or 0}</dport>")
-    elif proto == IPPROTO_GRE:
-        parts.append(f"<srckey>0x{tup.sport or 0:x}</srckey><dstkey>0x{tup.dport or 0:x}</dstkey>")
-    parts.append("</layer4>")
-    if tup.zone is not None:
-        parts.append(f"<zone>{tup.zone}</zone>")
-    parts += (counters, "</meta>")
-    return "".join(parts)
-
-
-def _state_name(flow: Flow) -> str | None:
-    info = flow.protoinfo
-    if info is None or info.state is None:
-        return None
-    return STATE_NAMES[type(info)].get(int(info.state), "NONE")
-
-
-def flow_xml(flow: Flow, when: str, now: int) -> str:
-    """``nfct_snprintf(NFCT_O_XML)`` of a flow, message type 0 (a plain ``<flow>``).
-
-    ``now`` is the second ``<deltatime>`` counts to when the flow has no end yet.
-    """
-    family = flow.family
-    counters = ["", ""]
-    if flow.counters_orig is not None:
-        for index, count in enumerate((flow.counters_orig, flow.counters_reply)):
-            packets, octets = (count.packets, count.bytes) if count is not None else (0, 0)
-            counters[index] = (
-                f"<counters><packets>{packets}</packets><bytes>{octets}</bytes></counters>"
-            )
-    parts = [
-        "<flow>",
-        _tuple_xml("original", flow.orig, family, counters[0]),
-        _tuple_xml("reply", flow.reply, family, counters[1]),
-    ]
-    state = _state_name(flow)
-    independent = state is not None or any(
-        value is not None
-        for value in (flow.timeout, flow.mark, flow.zone, flow.use, flow.status, flow.id,
-                      flow.labels, flow.start, flow.stop)
-    )  # fmt: skip
-    if independent:
-        parts.append('<meta direction="independent">')
-        if state is not None:
-            parts.append(f"<state>{state}</state>")
-        if flow.timeout is not None:
-            parts.append(f"<timeout>{flow.timeout}</timeout>")
-        if flow.mark is not None:
-            parts.append(f"<mark>{flow.mark}</mark>")
-        if flow.secctx is not None:
-            parts.append(f"<secctx>{xml_text(flow.secctx)}</secctx>")
-        if flow.zone is not None:
-            parts.append(f"<zone>{flow.zone}</zone>")
-        if flow.use is not None:
-            parts.append(f"<use>{flow.use}</use>")
-        if flow.id is not None:
-            parts.append(f"<id>{flow.id}</id>")
-        if flow.status is not None:
-            if flow.status & Status.ASSURED:
-                parts.append("<assured/>")
-            if not flow.status & Status.SEEN_REPLY:
-                parts.append("<unreplied/>")
-        if flow.start is not None:
-            if flow.stop is not None:
-                delta = ((flow.stop - flow.start) & MAX_U64) // NSEC_PER_SEC
-            else:
-                delta = (now - flow.start // NSEC_PER_SEC) & MAX_U64
-            parts.append(f"<deltatime>{delta}</deltatime>")
-        parts.append("</meta>")
-    parts += ("<when>", when, "</when>")
-    if flow.helper is not None:
-        parts.append(f"<helper>{xml_text(flow.helper)}</helper>")
-    parts.append("</flow>")
-    return "".join(parts)
-
-
 def sum_xml(name: str, packets: int, octets: int, when: str) -> str:
-    """``nfacct_snprintf(NFACCT_SNPRINTF_T_XML, NFACCT_SNPRINTF_F_TIME)``."""
+    """``nfacct_snprintf(NFACCT_SNPRINTF_T_XML, NFACCT_SNPRINTF_F_TIME)``; ``when``: the
+    ``<hour>``...``<year>`` elements, without ``<when>``."""
     return (
         f"<obj><name>{xml_text(name)}</name><pkts>{packets:020d}</pkts>"
         f"<bytes>{octets:020d}</bytes>{when}</obj>"
@@ -375,18 +252,18 @@ class XML(BatchPlugin):
         packet = event.get("raw")
         if isinstance(packet, LogPacket):
             stamp = packet.timestamp
-            when = self.packet_clock(stamp[0]) if stamp and stamp[0] else self.clock(now)
-            parts.append(packet_xml(packet, when))
+            clock = self.packet_clock(stamp[0]) if stamp and stamp[0] else self.clock(now)
+            parts.append(packet_xml(packet, clock.when))
         else:
             packet = None
         flow = event.get("ct")
         if isinstance(flow, bytes):  # NFLOG's attach_conntrack: the nested attributes
             flow = self._decode_attached(flow, packet)
         if isinstance(flow, Flow):
-            parts.append(flow_xml(flow, self.clock(now), now))
+            parts.append(flow_xml(flow, when=True, now=now))
         acct = event.get("sum")
         if isinstance(acct, Accounting):
-            parts.append(sum_xml(acct.name, acct.packets, acct.bytes, self.clock(now)))
+            parts.append(sum_xml(acct.name, acct.packets, acct.bytes, self.clock(now).fields))
         if not parts:
             return ""
         parts.append("\n")
