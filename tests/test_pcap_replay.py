@@ -878,9 +878,11 @@ def test_replays_reproduce_the_live_nflog_run(lab: Lab, shared_dir: Path) -> Non
     )
     live = lab.popen(b, sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    received = [f"udp dst port {IN_PORT}"]
     dumps = [
         tcpdump(lab, d, "tcpdump239.pcap", "-i", f"nflog:{TCPDUMP_GROUP}"),
-        tcpdump(lab, d, "ether.pcap", "-Q", "in", "-i", b.ifname, f"udp dst port {IN_PORT}"),
+        tcpdump(lab, d, "ether.pcap", "-Q", "in", "-i", b.ifname, *received),
+        tcpdump(lab, d, "cooked.pcap", "-Q", "in", "-i", "any", "-y", "LINUX_SLL2", *received),
     ]
     wait_for(lambda: "entering main loop" in read(d / "live.log"))
     lab.udp(lab.a, b.ip4, IN_PORT, count=3)
@@ -889,10 +891,11 @@ def test_replays_reproduce_the_live_nflog_run(lab: Lab, shared_dir: Path) -> Non
     wait_for(lambda: len(read(d / "live.emu").splitlines()) == 7)
     wait_for(lambda: count_records(d / "tcpdump239.pcap") == 7)
     wait_for(lambda: count_records(d / "ether.pcap") == 5)
+    wait_for(lambda: count_records(d / "cooked.pcap") == 5)
     for proc in (live, *dumps):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    for name in ("ours239", "ours101", "tcpdump239", "ether"):
+    for name in ("ours239", "ours101", "tcpdump239", "ether", "cooked"):
         replay_conf = replay_config(d, d / f"{name}.pcap", name)
         done = lab.run(b, *logd_as_nobody("-c", str(replay_conf)), env=NOBODY_ENV, check=False)
         assert (done.returncode, done.stderr) == (0, ""), name
@@ -930,6 +933,15 @@ def test_replays_reproduce_the_live_nflog_run(lab: Lab, shared_dir: Path) -> Non
     assert [line[line.index("MAC=") :] for line in lines_of(d / "ether.emu")] == [
         line[line.index("MAC=") :] for line in live_lines[:5]
     ]
+    # Linux cooked v2 (received packets only): the interface, the source address, the packet.
+    assert [printed(line) for line in lines_of(d / "cooked.emu")] == [
+        re.sub(r"^\S+ (.*)MAC=\S+", r"\1MAC=", printed(line)) for line in live_lines[:5]
+    ]
+    no_header = untimed | {"oob.prefix", "oob.hook", "raw.mac", "raw.mac_len"}
+    for cooked, original in zip(objects_of(d / "cooked.json"), live_objects, strict=False):
+        assert {k: v for k, v in original.items() if k not in no_header} == {
+            k: v for k, v in cooked.items() if k not in untimed
+        }
 
 
 def strip_metadata(line: str) -> str:
