@@ -106,13 +106,6 @@ def test_info_matches_ulogd(name: str) -> None:
         pytest.skip("ulogd2 is not installed")
     expected = subprocess.run(["ulogd", "--info", str(library[0])], capture_output=True,
                               text=True, check=True).stdout
-    if name == "PRINTFLOW":  # documented: ICMPv6 flows print their type and code
-        expected = expected.replace(
-            "\tKey: ct.event (unsigned int 32)\n",
-            "\tKey: ct.event (unsigned int 32)\n"
-            "\tKey: icmpv6.type (unsigned int 8, optional)\n"
-            "\tKey: icmpv6.code (unsigned int 8, optional)\n",
-        )
     assert describe(plugins()[name]) == expected
 
 
@@ -186,6 +179,15 @@ def test_printflow_icmp_type_before_code() -> None:
         "[DESTROY] ORIG: SRC=192.0.2.1 DST=192.0.2.2 PROTO=ICMP TYPE=8 CODE=0 PKTS=5 BYTES=300 "
         ", REPLY: SRC=192.0.2.2 DST=192.0.2.1 PROTO=ICMP TYPE=8 CODE=0 PKTS=4 BYTES=400 \n"
     )
+
+
+def test_printflow_reads_the_icmpv6_keys(tmp_path: Path) -> None:
+    """Beyond ulogd's inputs (which --info shows), so that NFCT sets them."""
+    reads = {key.name: key.optional for key in instance(plugins()["PRINTFLOW"]).inputs}
+    assert reads["icmpv6.type"] and reads["icmpv6.code"] and not reads["icmp.type"]
+    built = pipeline(tmp_path, "ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU")
+    wanted = built.wanted_keys(built.stacks[0])
+    assert wanted is not None and {"icmpv6.type", "icmpv6.code", "icmp.type"} <= wanted
 
 
 def test_printflow_icmpv6_named_with_type_and_code() -> None:

@@ -6,7 +6,8 @@ is valid and followed by one space. Differences, both fixes:
 
 * ICMP prints ``TYPE=<icmp.type> CODE=<icmp.code>``; ulogd swapped them;
 * ICMPv6 flows print ``PROTO=ICMPv6 TYPE=.. CODE=..`` from ``icmpv6.type``/``icmpv6.code``
-  (optional inputs, set by NFCT as in ulogd 2.0.9); ulogd printed ``PROTO=58``.
+  (optional inputs, set by NFCT as in ulogd 2.0.9; ``--info`` shows ulogd's inputs
+  only); ulogd printed ``PROTO=58``.
 
 As in ulogd, the flow has one ICMP type and code (the original direction's), printed in
 both halves, and SCTP, DCCP and UDP-Lite print only ``PROTO=<number>``.
@@ -15,11 +16,11 @@ both halves, and SCTP, DCCP and UDP-Lite print only ``PROTO=<number>``.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from nfkit.logd.keys import Event, KeyType, keys
-from nfkit.logd.plugin import ERROR, BatchPlugin, DataType, without
+from nfkit.logd.plugin import ERROR, BatchPlugin, DataType, Plugin, without
 from nfkit.logd.registry import register
 from nfkit.packet import (
     IPPROTO_AH,
@@ -61,6 +62,9 @@ class Direction(NamedTuple):
             f"{prefix}.raw.pktlen",
         )
 
+
+#: Optional inputs beyond ulogd's: the type and code of ICMPv6 flows.
+ICMPV6_INPUTS = keys(("icmpv6.type", T.UINT8, "optional"), ("icmpv6.code", T.UINT8, "optional"))
 
 ORIG = Direction.named("orig")
 REPLY = Direction.named("reply")
@@ -148,10 +152,13 @@ class PRINTFLOW(BatchPlugin):
         ("icmp.code", T.UINT8),
         ("icmp.type", T.UINT8),
         ("ct.event", T.UINT32),
-        ("icmpv6.type", T.UINT8, "optional"),
-        ("icmpv6.code", T.UINT8, "optional"),
     )
     output_keys = keys(("print", T.STRING))
+
+    def configure(self, upstream: Sequence[Plugin]) -> None:
+        # Read by the instance (so NFCT sets them), kept out of the class table so that
+        # --info lists exactly ulogd's inputs.
+        self.inputs = (*self.input_keys, *ICMPV6_INPUTS)
 
     def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
         line = ported_flow_line
