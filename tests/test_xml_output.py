@@ -36,7 +36,7 @@ from nfkit.conntrack.model import (
     Tuple,
 )
 from nfkit.lab import Lab, unavailable_reason
-from nfkit.logd.errors import ConfigError
+from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import KeyType, keys
 from nfkit.logd.plugin import ERROR, Context, DataType, InputPlugin, Settings
 from nfkit.logd.plugins import xml_output
@@ -304,6 +304,13 @@ def test_reopen_keeps_the_file_when_the_directory_is_gone(tmp_path: Path) -> Non
     (path,) = documents(tmp_path / "moved", "pkt")
     (record,) = parse_document(path, "pkt")
     assert record.endswith("<payload>01</payload></log>")
+
+
+def test_missing_directory_fails_the_start(tmp_path: Path) -> None:
+    plugin = make_xml(tmp_path / "missing")
+    with pytest.raises(StartError, match="No such file") as error:
+        plugin.start()
+    assert "directory=" in error.value.fix
 
 
 def test_stdout_mode(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

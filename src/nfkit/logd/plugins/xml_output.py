@@ -158,10 +158,7 @@ def fresh_path(directory: str, infix: str, seconds: float) -> str:
         path = f"{base}.xml" if number == 1 else f"{base}-{number}.xml"
         if not os.path.lexists(path):
             return path
-    raise StartError(
-        f"{MAX_NAMES_PER_SECOND} XML files named {base}*.xml exist already",
-        fix="rotate or remove old files, or set directory= elsewhere",
-    )
+    raise StartError(f"{MAX_NAMES_PER_SECOND} XML files named {base}*.xml exist already")
 
 
 @register
@@ -212,14 +209,19 @@ class XML(BatchPlugin):
         sync = bool(self.settings["sync"])
         if self.settings["stdout"]:
             out: OutputFile = StandardOutput(sync)
+            out.open()
         else:
-            where = self.settings.where("directory")
             try:
-                path = fresh_path(self.settings["directory"], self.infix, time.time())
+                out = OutputFile(fresh_path(self.settings["directory"], self.infix, time.time()),
+                                 sync=sync)  # fmt: skip
+                out.open()
             except StartError as exc:
-                raise StartError(exc.what, where, exc.fix) from None
-            out = OutputFile(path, sync=sync, where=where)
-        out.open()
+                raise StartError(
+                    exc.what,
+                    self.settings.where("directory"),
+                    "create the directory, let the daemon write there, or set directory= "
+                    "to another one",
+                ) from None
         out.write(f"{DECLARATION}<{self.root}>\n")
         return out
 
