@@ -10,9 +10,12 @@ rotation, flushed on stop.
 from __future__ import annotations
 
 import os
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from nfkit.logd.errors import StartError
+
+if TYPE_CHECKING:
+    from nfkit.logd.plugin import Plugin
 
 FLUSH_INTERVAL = 1.0
 
@@ -39,6 +42,20 @@ class OutputFile:
         self.file: IO[Any] | None = None
         self._timer: Any = None
         self._dirty = False
+
+    @classmethod
+    def opened_for(cls, plugin: Plugin, binary: bool = False) -> OutputFile:
+        """The file of ``plugin``'s ``file`` and ``sync`` options, opened (or StartError)."""
+        settings = plugin.settings
+        out = cls(
+            settings["file"],
+            binary=binary,
+            sync=bool(settings["sync"]),
+            where=settings.where("file"),
+            loop=plugin.context.loop,
+        )
+        out.open()
+        return out
 
     def open(self) -> None:
         try:

@@ -36,13 +36,7 @@ class TextFileOutput(BatchPlugin):
         raise NotImplementedError
 
     def start(self) -> None:
-        self.out = OutputFile(
-            self.settings["file"],
-            sync=bool(self.settings["sync"]),
-            where=self.settings.where("file"),
-            loop=self.context.loop,
-        )
-        self.out.open()
+        self.out = OutputFile.opened_for(self)
 
     def interp_batch(self, events: list[Event], finish: Callable[[int], None]) -> list[Event]:
         record = self.record

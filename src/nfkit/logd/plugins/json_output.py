@@ -594,13 +594,7 @@ class JSON(Plugin):
 
     def start(self) -> None:
         if self.mode == "file":
-            self.out = OutputFile(
-                self.settings["file"],
-                sync=bool(self.settings["sync"]),
-                where=self.settings.where("file"),
-                loop=self.context.loop,
-            )
-            self.out.open()
+            self.out = OutputFile.opened_for(self)
         else:
             self.sender = self._sender()
             self.sender.start()

@@ -28,13 +28,7 @@ class LOGEMU(BatchPlugin):
     def start(self) -> None:
         # ulogd prints the short host name, read once.
         self.host = socket.gethostname().split(".", 1)[0]
-        self.out = OutputFile(
-            self.settings["file"],
-            sync=bool(self.settings["sync"]),
-            where=self.settings.where("file"),
-            loop=self.context.loop,
-        )
-        self.out.open()
+        self.out = OutputFile.opened_for(self)
         self._second = -1
         self._stamp = ""
 

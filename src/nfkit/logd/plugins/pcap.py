@@ -134,14 +134,7 @@ class PCAP(Plugin):
                 self.settings.where("file"),
                 "move the existing file away (rotate it) or set file= to another path",
             )
-        self.out = OutputFile(
-            path,
-            binary=True,
-            sync=bool(self.settings["sync"]),
-            where=self.settings.where("file"),
-            loop=self.context.loop,
-        )
-        self.out.open()
+        self.out = OutputFile.opened_for(self, binary=True)
         self._write_header_if_empty()
 
     def _write_header_if_empty(self) -> None:
