@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from nfkit import nflog
 from nfkit.lab import Lab
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event
-from nfkit.logd.loop import Timer
+from nfkit.logd.loop import EventLoop, Timer
 from nfkit.logd.plugin import Context, Settings
 from nfkit.logd.plugins import pcap
 from nfkit.logd.plugins.pcapreplay import PCAPREPLAY, Pacer
@@ -504,6 +505,36 @@ def test_daemon_exits_only_when_every_replay_is_done(tmp_path: Path) -> None:
     loop.run()
     # r1 asked for the exit, but r2 was still replaying: the loop stopped after r2.
     assert loop.stopped and finished[-1] == ("r2", 110.0)
+
+
+# -- the event loop behaviours replays rely on ------------------------------------------------
+
+
+def test_a_timer_that_stops_the_loop_ends_it_at_once() -> None:
+    loop = EventLoop()
+    loop.call_later(3600, lambda: None)  # e.g. the statistics timer
+    loop.call_later(0, loop.stop)
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    loop.close()
+
+
+def test_the_wait_for_the_next_timer_counts_from_after_the_callbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("nfkit.logd.loop.time.monotonic", lambda: clock[0])
+    loop = EventLoop()
+
+    def slow_step() -> None:  # a batch that takes 10 s, then the next one at once
+        clock[0] += 10
+        loop.call_later(0, slow_step)
+
+    loop.call_later(0, slow_step)
+    assert loop._run_timers() == 0.0
+    loop.close()
 
 
 # -- configuration and bad input -------------------------------------------------------------
