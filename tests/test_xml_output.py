@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -341,6 +344,28 @@ def test_document_kind_follows_the_input(tmp_path: Path) -> None:
     assert (plugin.infix, plugin.root) == ("flow", "conntrack")
     with pytest.raises(ConfigError, match="UNIXSOCK provides no packet"):
         make_xml(tmp_path, Packets("unix1", Settings("unix1", {}, {}), context))
+
+
+def test_replayed_capture_keeps_its_recorded_times(tmp_path: Path) -> None:
+    # PCAPREPLAY gives XML packet objects too; <when> is the time in the capture
+    udp = bytes.fromhex("4500001c0001000040117ccdc0000201c00002021388138900080000")
+    with (tmp_path / "in.pcap").open("wb") as capture:
+        capture.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        for seconds in (1700000000, 1700000001):
+            capture.write(struct.pack("=IIII", seconds, 5, len(udp), len(udp)) + udp)
+    (tmp_path / "ulogd.conf").write_text(
+        f'[global]\nlogfile="{tmp_path}/log"\nstack=rp1:PCAPREPLAY,xml1:XML\n'
+        f'[rp1]\nfile="{tmp_path}/in.pcap"\n[xml1]\ndirectory="{tmp_path}"\n'
+    )
+    argv = [sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(tmp_path / "ulogd.conf")]
+    subprocess.run(argv, env=os.environ | {"TZ": "UTC"}, check=True, timeout=60)
+    (path,) = documents(tmp_path, "pkt")
+    records = [ET.fromstring(record) for record in parse_document(path, "pkt")]
+    assert [(r.findtext("when/hour"), r.findtext("when/sec")) for r in records] == [
+        ("22", "20"),
+        ("22", "21"),
+    ]
+    assert {r.findtext("payload") for r in records} == {udp.hex()}
 
 
 # -- through the kernel, beside ulogd 2.0.8 -------------------------------------------------

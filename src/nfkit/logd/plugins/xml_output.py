@@ -191,8 +191,7 @@ class XML(BatchPlugin):
             raise ConfigError(
                 f"{self.id}:XML has nothing to write: {source.id}:{source.name} provides "
                 "no packet ('raw'), flow ('ct') or accounting object ('sum')",
-                self.settings.where("directory"),
-                "put XML in a stack that starts with NFLOG, NFCT or NFACCT",
+                fix="put XML in a stack that starts with NFLOG, NFCT, NFACCT or PCAPREPLAY",
             )
         _, self.infix, self.root = kind
 
