@@ -292,14 +292,16 @@ def workdir() -> Iterator[Path]:
 
 
 def config(workdir: Path, stacks: Sequence[str] = ("print",), unixsock: str = "") -> Path:
-    """ulogd.conf with the UNIXSOCK instance ``u1`` on ``workdir/u.sock`` and named stacks."""
+    """ulogd.conf with named stacks and ``unixsock`` lines for ``u1`` (socket: workdir/u.sock)."""
     known = {
         "print": "u1:UNIXSOCK,base1:BASE,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU",
         "json": "u1:UNIXSOCK,base1:BASE,ip2str1:IP2STR,json1:JSON",
     }
     lines = ["[global]", f'logfile="{workdir}/daemon.log"', "loglevel=1"]
     lines += [f"stack={known[name]}" for name in stacks]
-    lines += ["[u1]", f'socket_path="{workdir}/u.sock"', unixsock]
+    if "socket_path" not in unixsock:
+        unixsock += f'\nsocket_path="{workdir}/u.sock"'
+    lines += ["[u1]", unixsock]
     lines += ["[emu1]", f'file="{workdir}/emu.log"', "sync=1"]
     lines += ["[json1]", f'file="{workdir}/json.log"', "sync=1"]
     path = workdir / "ulogd.conf"
@@ -558,6 +560,15 @@ def test_a_file_in_the_way_is_left_alone(workdir: Path) -> None:
         rf"ulogd.conf:\d+ \(socket_path\): {path} exists and is not a socket", result.stderr
     )
     assert path.read_text() == "precious\n"
+
+
+def test_missing_directory_is_explained(workdir: Path) -> None:
+    conf = config(workdir, unixsock=f'socket_path="{workdir}/run/ulogd/u.sock"')
+    result = run_logd(conf)
+    assert result.returncode == 1
+    assert "cannot create the unix socket" in result.stderr
+    assert "No such file or directory" in result.stderr
+    assert "fix: create the directory first (mkdir -p)" in result.stderr
 
 
 def test_perms_owner_and_group_are_applied(workdir: Path) -> None:
