@@ -415,8 +415,14 @@ def test_nflog_records_give_every_attribute(tmp_path: Path) -> None:
         "oob.mark": 0x2A, "oob.uid": 65534, "oob.gid": 65534, "oob.seq.local": 4,
         "oob.time.sec": 1_600_000_000, "oob.time.usec": 7,  # the kernel's, not the record's
     }  # fmt: skip
-    no_time = single(tmp_path, LINKTYPE_NFLOG, encode_nflog({"family": 2, "payload": udp4()}))
-    assert (no_time["oob.time.sec"], no_time["oob.time.usec"]) == (1_700_000_000, 250_000)
+    for no_time in (
+        {"family": 2, "payload": udp4()},
+        {"family": 2, "payload": udp4(), "ts_sec": 0, "ts_usec": 5},  # "none"
+        {"family": 2, "payload": udp4(), "ts_sec": 2**40, "ts_usec": 5},  # garbage
+        {"family": 2, "payload": udp4(), "ts_sec": 1, "ts_usec": 2**40},
+    ):
+        event = single(tmp_path, LINKTYPE_NFLOG, encode_nflog(no_time))
+        assert (event["oob.time.sec"], event["oob.time.usec"]) == (1_700_000_000, 250_000)
 
 
 def test_only_wanted_keys_are_made(tmp_path: Path) -> None:
@@ -661,7 +667,11 @@ def test_random_damage_never_raises(tmp_path: Path) -> None:
         pcap_bytes([(T0 + i, ether(udp4(sport=i))) for i in range(4)], LINKTYPE_ETHERNET),
         pcap_bytes([(T0, nflog_record)] * 3, LINKTYPE_NFLOG, "big"),
         mixed_capture(),
-        Pcapng().interface(LINKTYPE_NFLOG).enhanced(0, 1, nflog_record).simple(udp4()).bytes(),
+        Pcapng()
+        .interface(LINKTYPE_NFLOG, 0, (9, b"\x06"), (14, bytes(8)))
+        .enhanced(0, 1, nflog_record)
+        .simple(udp4())
+        .bytes(),
     ]
     rng = random.Random(4)
     path = tmp_path / "damaged"
@@ -670,7 +680,10 @@ def test_random_damage_never_raises(tmp_path: Path) -> None:
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(4, len(data))] = rng.randrange(256)
         path.write_bytes(bytes(data))
-        events_of(path)  # every record through the link layers: nothing raises
+        # Every record through the link layers: nothing raises, the events are sane.
+        for event in events_of(path):
+            assert 0 <= event["oob.time.sec"] < 2**32 and 0 <= event["oob.time.usec"] < 10**6
+            assert isinstance(event["raw"], nflog.LogPacket)
 
 
 # -- the PCAP output's NFLOG records -----------------------------------------------------------

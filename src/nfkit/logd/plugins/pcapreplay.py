@@ -104,7 +104,15 @@ RECORD_FIELD_KEYS = {
 #: Fields every event gets, as NFLOG's (BASE, PCAP and checks need them).
 ALWAYS = ("payload", "payload_len", "family", "ts_sec", "ts_usec", "mark")
 
+#: ``oob.time.sec`` is 32 bits wide.
+TIME_LIMIT_NS = 2**32 * NANOSECONDS
+
 Fields = dict[str, Any]
+
+
+def valid_time(sec: int | None, usec: int | None) -> bool:
+    """A time NFLOG could give: seconds set (non-zero) and 32-bit, microseconds below 10⁶."""
+    return sec is not None and 0 < sec < 2**32 and usec is not None and 0 <= usec < 1_000_000
 
 
 def ethernet_fields(record: Record) -> Fields | None:
@@ -196,7 +204,7 @@ class Pacer:
 
     def wait(self, time_ns: int | None) -> float:
         """Seconds until the record stamped ``time_ns`` is due; 0 or less: now."""
-        if time_ns is None:
+        if time_ns is None or not 0 <= time_ns < TIME_LIMIT_NS:
             return 0.0
         now = self.clock()
         if self._start is None:
@@ -424,8 +432,11 @@ class PCAPREPLAY(InputPlugin):
         payload = fields.get("payload")
         if payload is not None:
             fields["payload_len"] = len(payload)
-        if not fields.get("ts_sec"):  # none, or zero (NFLOG's "no timestamp")
-            time_ns = time.time_ns() if record.time_ns is None else record.time_ns
+        if not valid_time(fields.get("ts_sec"), fields.get("ts_usec")):
+            # None, or zero (NFLOG's "no timestamp"), or garbage: the record's, else now.
+            time_ns = record.time_ns
+            if time_ns is None or not 0 <= time_ns < TIME_LIMIT_NS:
+                time_ns = time.time_ns()
             fields["ts_sec"], fields["ts_usec"] = divmod(time_ns // 1000, 1_000_000)
         fields.setdefault("mark", 0)
         names = self._names
