@@ -61,7 +61,6 @@ BLOCK_OBSOLETE_PACKET = 2
 BLOCK_SIMPLE_PACKET = 3
 BLOCK_ENHANCED_PACKET = 6
 OPTION_END = 0
-OPTION_IF_NAME = 2
 OPTION_IF_TSRESOL = 9
 OPTION_IF_TSOFFSET = 14
 
@@ -124,7 +123,6 @@ class Interface:
     snaplen: int
     units_per_second: int = 1_000_000
     offset_ns: int = 0
-    name: str | None = None
 
     def time_ns(self, units: int) -> int:
         if self.units_per_second == 1_000_000:
@@ -150,13 +148,14 @@ class CaptureReader:
         self.problems = 0
         #: pcapng blocks stepped over: statistics, name resolution, unknown types.
         self.other_blocks = 0
-        head = self._read(4)
+        #: pcapng: the current section's byte order and interfaces.
+        self._byteorder: ByteOrder = "little"
+        self._interfaces: list[Interface] = []
+        self._head = head = self._read(4)
         if head == _SECTION_MAGIC:
             self.format = "pcapng"
-            self._head = head
         elif head in _MAGICS:
             self.format = "pcap"
-            self._head = head
         elif not head:
             raise CaptureError(f"{name} is empty")
         else:
@@ -166,7 +165,7 @@ class CaptureReader:
         self.stream.close()
 
     def records(self) -> Iterator[Record]:
-        """Every readable record, in file order; problems go to ``on_problem``."""
+        """Every readable record, in file order (call once); problems go to ``on_problem``."""
         if self.format == "pcap":
             return self._pcap_records()
         return self._pcapng_records()
@@ -227,8 +226,6 @@ class CaptureReader:
     # -- pcapng ----------------------------------------------------------------
 
     def _pcapng_records(self) -> Iterator[Record]:
-        self._byteorder: ByteOrder = "little"
-        self._interfaces: list[Interface] = []
         head = self._head + self._read(4)
         try:
             while len(head) == 8:
@@ -301,8 +298,6 @@ class CaptureReader:
                 interface.units_per_second = base**exponent
             elif code == OPTION_IF_TSOFFSET and len(value) >= 8:
                 interface.offset_ns = struct.unpack_from(prefix + "q", value)[0] * NANOSECONDS
-            elif code == OPTION_IF_NAME:
-                interface.name = value.decode("utf-8", "replace")
         return interface
 
     def _packet(self, block_type: int, body: bytes, prefix: str, offset: int) -> Record | None:
