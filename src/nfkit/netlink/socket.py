@@ -28,6 +28,8 @@ NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 
 DEFAULT_RECV_SIZE = 1 << 17  # the kernel never builds NFLOG batches above 128 KiB
+# A plain int: OR-ing the socket module's IntFlag member costs a microsecond per recv.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 class NetlinkSocket:
@@ -118,7 +120,7 @@ class NetlinkSocket:
             DecodeError: the datagram did not fit the receive buffer.
         """
         try:
-            size = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC | flags)
+            size = self._sock.recv_into(self._buffer, 0, _MSG_TRUNC | flags)
         except (BlockingIOError, TimeoutError, InterruptedError):
             raise
         except OSError as exc:
