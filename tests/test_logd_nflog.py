@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from nfkit import nflog
 from nfkit.lab import Lab
+from nfkit.netlink import NetlinkNotSupported
 
 pytestmark = pytest.mark.lab
 
@@ -121,3 +123,33 @@ def test_pcap_and_syslog_outputs_get_the_kernels_packets(lab: Lab, tmp_path: Pat
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split("\n")  # fmt: skip
     assert [line for line in fields if line] == [f"{lab.a.ip4}\t{lab.b.ip4}\t8"] * 2
+
+
+def test_attach_conntrack_never_costs_the_stack(lab: Lab, tmp_path: Path) -> None:
+    # Kernels built without NFLOG's conntrack glue refuse the whole bind
+    # (EOPNOTSUPP) when the flag is asked for: the group is bound without it.
+    conf = tmp_path / "ulogd.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{tmp_path}/logd.log"\nloglevel=1\n{json_stack("ct1", "json1")}\n'
+        f"[ct1]\ngroup={GROUP}\nattach_conntrack=1\nnetlink_qtimeout=1\n"
+        f'[json1]\nfile="{tmp_path}/ct.json"\nsync=1\n'
+    )
+    lab.iptables(lab.b, "-A", "INPUT", "-p", "icmp", "-j", "NFLOG", "--nflog-group", str(GROUP))
+    daemon = start_logd(lab, lab.b, conf, tmp_path / "logd.log")
+    assert lab.b.ip4 is not None and lab.ping(lab.a, lab.b.ip4, count=2, interval=0.05)
+    time.sleep(0.3)
+    stop_logd(daemon)
+    events = [json.loads(line) for line in (tmp_path / "ct.json").read_text().splitlines()]
+    assert [(e["src_ip"], e["icmp.type"]) for e in events] == [(lab.a.ip4, 8)] * 2
+    warned = "cannot attach conntrack" in (tmp_path / "logd.log").read_text()
+    assert warned == (not kernel_attaches_conntrack(lab))
+
+
+def kernel_attaches_conntrack(lab: Lab) -> bool:
+    with lab.entered(lab.b), nflog.NflogSocket() as sock:
+        try:
+            sock.bind(GROUP, flags=nflog.Flag.CONNTRACK)
+        except NetlinkNotSupported:
+            return False
+        sock.unbind(GROUP)
+        return True

@@ -20,7 +20,12 @@ from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import Context, DataType, InputPlugin, Option
 from nfkit.logd.registry import register
-from nfkit.netlink import BufferOverrun, NetlinkError, NetlinkPermissionError
+from nfkit.netlink import (
+    BufferOverrun,
+    NetlinkError,
+    NetlinkNotSupported,
+    NetlinkPermissionError,
+)
 from nfkit.netlink.codec import Message
 from nfkit.netlink.errors import DecodeError
 
@@ -124,13 +129,7 @@ class GroupReader:
                         )
                         sock.pf_unbind(family)
                     sock.pf_bind(family)
-            sock.bind(
-                self.group,
-                nlbufsiz=self._nlbufsiz(),
-                timeout=first["netlink_qtimeout"] or None,
-                qthreshold=first["netlink_qthreshold"] or None,
-                flags=flags,
-            )
+            self._bind(sock, flags)
         except NetlinkPermissionError as exc:
             sock.close()
             raise StartError(
@@ -147,6 +146,31 @@ class GroupReader:
         sock.sock.set_blocking(False)
         self.sock = sock
         self.context.loop.add_reader(sock.fileno(), self.on_readable)
+
+    def _bind(self, sock: nflog.NflogSocket, flags: nflog.Flag) -> None:
+        """Bind the group; without conntrack attachment if the kernel cannot attach it.
+
+        The kernel refuses the whole bind (EOPNOTSUPP) when it was built without
+        NFLOG's conntrack glue; losing ``ct`` is better than losing the stack.
+        """
+        first = self.subscribers[0].settings
+        settings = {
+            "nlbufsiz": self._nlbufsiz(),
+            "timeout": first["netlink_qtimeout"] or None,
+            "qthreshold": first["netlink_qthreshold"] or None,
+        }
+        try:
+            sock.bind(self.group, flags=flags, **settings)
+        except NetlinkNotSupported:
+            if not flags & nflog.Flag.CONNTRACK:
+                raise
+            self.log.warning(
+                "NFLOG group %d: this kernel cannot attach conntrack entries to logged packets "
+                "(CONFIG_NETFILTER_NETLINK_GLUE_CT); attach_conntrack=1 is ignored, packets "
+                "come without the ct key",
+                self.group,
+            )
+            sock.bind(self.group, flags=flags & ~nflog.Flag.CONNTRACK, **settings)
 
     def _nlbufsiz(self) -> int | None:
         """The kernel batch size: ``bufsize`` (ulogd's receive buffer), capped.
