@@ -11,6 +11,7 @@ name that no output prints.
 
 from __future__ import annotations
 
+import functools
 import socket
 from operator import itemgetter
 from typing import Any
@@ -154,13 +155,15 @@ class GroupReader:
         NFLOG's conntrack glue; losing ``ct`` is better than losing the stack.
         """
         first = self.subscribers[0].settings
-        settings = {
-            "nlbufsiz": self._nlbufsiz(),
-            "timeout": first["netlink_qtimeout"] or None,
-            "qthreshold": first["netlink_qthreshold"] or None,
-        }
+        bind = functools.partial(
+            sock.bind,
+            self.group,
+            nlbufsiz=self._nlbufsiz(),
+            timeout=first["netlink_qtimeout"] or None,
+            qthreshold=first["netlink_qthreshold"] or None,
+        )
         try:
-            sock.bind(self.group, flags=flags, **settings)
+            bind(flags=flags)
         except NetlinkNotSupported:
             if not flags & nflog.Flag.CONNTRACK:
                 raise
@@ -170,7 +173,7 @@ class GroupReader:
                 "come without the ct key",
                 self.group,
             )
-            sock.bind(self.group, flags=flags & ~nflog.Flag.CONNTRACK, **settings)
+            bind(flags=flags & ~nflog.Flag.CONNTRACK)
 
     def _nlbufsiz(self) -> int | None:
         """The kernel batch size: ``bufsize`` (ulogd's receive buffer), capped.
