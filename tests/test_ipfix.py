@@ -535,7 +535,12 @@ class Capture:
              "-Y", "cflow", "-T", "json", "--no-duplicate-keys"],
             capture_output=True, text=True, check=False, env={**os.environ, "TZ": "UTC"},
         ).stdout
-        return [packet["_source"]["layers"]["cflow"] for packet in json.loads(out or "[]")]
+        messages = []
+        for packet in json.loads(out or "[]"):
+            cflow = packet["_source"]["layers"]["cflow"]
+            # A TCP segment can carry several messages: a list of them.
+            messages += cflow if isinstance(cflow, list) else [cflow]
+        return messages
 
 
 def canonical(fields: dict[str, Any]) -> str:
