@@ -39,5 +39,10 @@ bench-conntrack: deps
 	$(BIN)/python -m compileall -q src/nfkit
 	$(BIN)/python bench/conntrack_bench.py
 
+.PHONY: bench-nfct
+bench-nfct: deps
+	$(BIN)/python -m compileall -q src/nfkit
+	$(BIN)/python bench/nfct_bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

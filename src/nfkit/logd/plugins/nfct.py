@@ -73,6 +73,9 @@ READS_PER_WAKEUP = 256
 #: The item of a flow the accept filters drop.
 SKIPPED: tuple[()] = ()
 MEMO_LIMIT = 1 << 16
+#: The receive buffer when netlink_socket_buffer_size is 0 (the kernel's default,
+#: ~208 KiB, holds a few hundred events: less than one burst of short flows).
+DEFAULT_RECEIVE_BUFFER = 4 << 20
 
 # -- what a flow becomes ---------------------------------------------------------------
 
@@ -319,10 +322,15 @@ class FlowRecords:
         return event, key, record, flow.start, flow.stop
 
 
-def _set_time(record: Event, which: str, ns: int) -> None:
+START_KEYS = ("flow.start.sec", "flow.start.usec")
+END_KEYS = ("flow.end.sec", "flow.end.usec")
+
+
+def _stamp(record: Event, keys: tuple[str, str], ns: int) -> None:
+    """Set a time from nanoseconds since the epoch (seconds and microseconds keys)."""
     sec, rest = divmod(ns, NS_PER_SEC)
-    record[f"flow.{which}.sec"] = sec
-    record[f"flow.{which}.usec"] = rest // 1000
+    record[keys[0]] = sec
+    record[keys[1]] = rest // 1000
 
 
 def key_tuple(key: tuple[Any, ...]) -> tuple[Tuple, int | None, int | None]:
@@ -615,14 +623,13 @@ class NFCT(InputPlugin):
 
     def _open_events(self) -> None:
         s = self.settings
-        self._buffer = s["netlink_socket_buffer_size"]
+        self._buffer = s["netlink_socket_buffer_size"] or DEFAULT_RECEIVE_BUFFER
         self.listener = EventListener(
             EventType(s["event_mask"] & 7),
             receive_buffer=self._buffer,
             reliable=bool(s["reliable"]),
         )
-        if self._buffer:
-            self.log.info("NFCT netlink buffer size has been set to %d", self._buffer)
+        self.log.info("NFCT netlink buffer size has been set to %d", self._buffer)
         if s["reliable"]:
             self.log.info("NFCT reliable logging has been enabled.")
         self.decoder = Decoder(events=True, target=self.records.target)
@@ -684,9 +691,9 @@ class NFCT(InputPlugin):
         if listener is None:
             return
         recv = listener.sock.recv
-        decode = self.decoder.decode
-        stats = self.stats
+        parsers = self.decoder.layouts.parsers
         items: list[Any] = []
+        append = items.append
         for _ in range(READS_PER_WAKEUP):
             try:
                 data = recv()
@@ -696,21 +703,35 @@ class NFCT(InputPlugin):
                 self._overrun()
                 continue
             except (NetlinkError, DecodeError) as exc:
-                stats.undecodable += 1
-                self.log.debug("NFCT %s: unreadable datagram: %s", self.id, exc)
+                self._undecodable(exc)
                 continue
-            try:
-                decoded, _others = decode(data)
-            except DecodeError as exc:
-                stats.undecodable += 1
-                self.log.debug("NFCT %s: undecodable datagram: %s", self.id, exc)
-                continue
-            items += decoded
+            # ctnetlink sends each event in a datagram of its own: once its
+            # layout is known, the layout's parser reads it directly.
+            entry = parsers.get(data[:8])
+            if entry is not None and entry[0] <= len(data) <= entry[1]:
+                item = entry[2](data, 0)
+                if item is not None:
+                    append(item)
+                    continue
+            items += self._decode(data)
         if items:
-            stats.received += len(items)
+            self.stats.received += len(items)
             records = self.handle(items)
             if records:
                 self.emit_batch(records)
+
+    def _decode(self, data: bytes) -> list[Any]:
+        """The items of a datagram the compiled parsers do not know (yet)."""
+        try:
+            items, _others = self.decoder.decode(data)
+        except DecodeError as exc:
+            self._undecodable(exc)
+            return []
+        return items
+
+    def _undecodable(self, exc: Exception) -> None:
+        self.stats.undecodable += 1
+        self.log.debug("NFCT %s: unreadable datagram: %s", self.id, exc)
 
     def _handle_plain(self, items: list[Any]) -> list[Event]:
         """hash_enable=0: NEW with its start, DESTROY with its end (and kernel start)."""
@@ -724,12 +745,12 @@ class NFCT(InputPlugin):
             event, _key, record, start, stop = item
             if event == NEW:
                 if wants_start:
-                    _set_time(record, "start", start or now or (now := time.time_ns()))
+                    _stamp(record, START_KEYS, start or now or (now := time.time_ns()))
             elif event == DESTROY:
                 if wants_end:
-                    _set_time(record, "end", stop or now or (now := time.time_ns()))
+                    _stamp(record, END_KEYS, stop or now or (now := time.time_ns()))
                 if start and wants_start:
-                    _set_time(record, "start", start)
+                    _stamp(record, START_KEYS, start)
             else:
                 self._once("update", "NFCT: UPDATE events are not logged without the flow table "
                            "(hash_enable=0); they are ignored")  # fmt: skip
@@ -741,8 +762,8 @@ class NFCT(InputPlugin):
         """The flow table: NEW/UPDATE learn flows, DESTROY emits them."""
         table = self.table
         assert table is not None
-        flows = table.flows
-        out = []
+        flows, learn, finish = table.flows, table.learn, self._finish
+        out: list[Event] = []
         now = time.time_ns()
         for item in items:
             if not item:
@@ -754,19 +775,19 @@ class NFCT(InputPlugin):
                 # The kernel's start (timestamp extension) beats the time the NEW was read.
                 if entry is not None and not start:
                     start = entry[1]
-                self._finish(record, start, stop or now)
+                finish(record, start, stop or now)
                 out.append(record)
             else:
-                table.learn(key, record, start, now)
+                learn(key, record, start, now)
         return out
 
     def _finish(self, record: Event, start: int | None, stop: int) -> None:
         """Stamp an ended flow's record (DESTROY, ct.event 4)."""
         record["ct.event"] = DESTROY
         if start and self.wants_start:
-            _set_time(record, "start", start)
+            _stamp(record, START_KEYS, start)
         if self.wants_end:
-            _set_time(record, "end", stop)
+            _stamp(record, END_KEYS, stop)
 
     def _overrun(self) -> None:
         """ENOBUFS: grow the buffer as ulogd2 does, and plan a resynchronisation."""
@@ -775,7 +796,7 @@ class NFCT(InputPlugin):
         assert listener is not None
         maxsize = self.settings["netlink_socket_buffer_maxsize"]
         if maxsize:
-            current = self._buffer or listener.receive_buffer // 2
+            current = self._buffer
             if current * 2 <= maxsize:
                 self._buffer = current * 2
                 listener.set_receive_buffer(self._buffer)
@@ -877,7 +898,7 @@ class NFCT(InputPlugin):
                 record = dict(record)
                 record["ct.event"] = UPDATE
                 if start and self.wants_start:
-                    _set_time(record, "start", start)
+                    _stamp(record, START_KEYS, start)
                 out.append(record)
         except NetlinkError as exc:
             self.log.error("NFCT %s: Cannot dump and reset counters: %s", self.id, exc)
