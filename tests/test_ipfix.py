@@ -301,21 +301,21 @@ def test_send_template_always_and_never(loop: EventLoop, proto: str) -> None:
 
 def test_udp_templates_are_refreshed(loop: EventLoop) -> None:
     listener = Listener(loop, "udp", Path())
-    plugin = exporter(loop, port=listener.port, proto="udp", template_refresh=1)
+    plugin = exporter(loop, port=listener.port, proto="udp", template_refresh=60)
+    now = 1000.0
+    plugin.clock = lambda: now
     plugin.start()
-    plugin.interp(flow(sport=1))
-    plugin.flush()
-    stop = loop.call_later(1.2, loop.stop)  # longer than template_refresh
-    loop.run()
-    stop.cancel()
-    plugin.interp(flow(sport=2))
+    for step, sport in ((59, 1), (1, 2), (59, 3), (1, 4)):
+        now += step
+        plugin.interp(flow(sport=sport))
+        plugin.flush()
     plugin.stop()
-    run_until(loop, lambda: record_count(listener, "udp") == 2)
+    run_until(loop, lambda: record_count(listener, "udp") == 4)
     listener.close()
     greeting, *data = decode(listener.datagrams)
     assert set(greeting.templates) == {256, 257} and not greeting.records
     assert [(bool(m.templates), [r["sourceTransportPort"] for r in m.records])
-            for m in data] == [(False, [1]), (True, [2])]
+            for m in data] == [(False, [1]), (True, [2]), (False, [3]), (True, [4])]
 
 
 def test_flow_times_without_start_or_end(loop: EventLoop) -> None:

@@ -213,6 +213,8 @@ class IPFIX(Plugin):
     )
     sender: LineSender | None = None
     _timer: Any = None
+    #: Monotonic seconds, for the template refresh (replaceable in tests).
+    clock = staticmethod(time.monotonic)
 
     # -- configuration ------------------------------------------------------------
 
@@ -264,7 +266,7 @@ class IPFIX(Plugin):
         self._sequence = 0  # data records in the messages made so far, modulo 2**32
         self._next_refresh = float("inf")
         if self.send_template == "once" and self.proto == "udp" and self.template_refresh:
-            self._next_refresh = time.monotonic() + self.template_refresh
+            self._next_refresh = self.clock() + self.template_refresh
         self._report = LogLimiter(self.log, f"IPFIX {self.id}")
         loop = self.context.loop
         self.sender = LineSender(
@@ -291,9 +293,9 @@ class IPFIX(Plugin):
         templates = b""
         if self.send_template == "always":
             templates = TEMPLATE_SET
-        elif time.monotonic() >= self._next_refresh:
+        elif self.clock() >= self._next_refresh:
             templates = TEMPLATE_SET
-            self._next_refresh = time.monotonic() + self.template_refresh
+            self._next_refresh = self.clock() + self.template_refresh
         self._message = Message(self.mtu, templates)
         return self._message
 
