@@ -316,7 +316,9 @@ class IPFIX(Plugin):
                 icmp = 0
             start = milliseconds(event, "flow.start")
             end = milliseconds(event, "flow.end")
-            if start is None:  # a flow seen only at its end, or a NEW event: one instant
+            # No start (the table never saw the flow begin): its end; no end (a NEW
+            # event): its start; neither: now.
+            if start is None:
                 start = end if end is not None else int(time.time() * 1000)
             record = template.record.pack(
                 saddr, daddr, get("orig.l4.sport", 0), get("orig.l4.dport", 0), icmp, proto,
