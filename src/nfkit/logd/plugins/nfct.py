@@ -236,6 +236,11 @@ class FlowRecords:
     ``key`` identifies the flow in the table (None without one); the kernel
     timestamps are None when absent. Flows the filter rejects become
     :data:`SKIPPED`. Dump entries count as UPDATE events.
+
+    With the table, compiled NEW and UPDATE events carry the message itself
+    (bytes) in place of the record: the table only keeps it, and
+    :meth:`stored_record` decodes it in the rare case the flow ends without
+    its DESTROY event.
     """
 
     def __init__(self, wanted: set[str] | None, accept: AcceptFilter, hashed: bool) -> None:
@@ -245,6 +250,17 @@ class FlowRecords:
         self.want_ct = wanted is None or "ct" in wanted
         self._plans: dict[tuple[int, int, int | None], list[Field]] = {}
         self.target: FlowTarget[Any] = FlowTarget(self.convert, self.compile)
+        self._stored = Decoder(target=self.target)
+
+    def stored_record(self, stored: Event | bytes) -> Event | None:
+        """A copy of the record a table entry holds (None: undecodable message)."""
+        if isinstance(stored, dict):
+            return dict(stored)
+        try:
+            items, _others = self._stored.decode(stored)
+        except DecodeError:
+            return None
+        return items[0][2] if items and items[0] else None
 
     # -- compiled per layout -----------------------------------------------------------------
 
@@ -270,7 +286,10 @@ class FlowRecords:
             record.append(f"{field.key!r}: {value}")
         key = self._key_expression(expression) if self.hashed else "None"
         start, stop = values.get("start") or "None", values.get("stop") or "None"
-        item = f"({event}, {key}, {{{', '.join(record)}}}, {start}, {stop})"
+        made = f"{{{', '.join(record)}}}"
+        if self.hashed and values.event is not None and event != DESTROY:
+            made = "data[offset:] if offset else data"  # see stored_record()
+        item = f"({event}, {key}, {made}, {start}, {stop})"
         conditions = [
             f"{label}[{expression(name)}]"
             for member, name, label in (
@@ -414,7 +433,9 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self.flows)
 
-    def learn(self, key: tuple[Any, ...], record: Event, start: int | None, now: int) -> list[Any]:
+    def learn(
+        self, key: tuple[Any, ...], record: Event | bytes, start: int | None, now: int
+    ) -> list[Any]:
         """Add a flow (start: the kernel's, else ``now``) or refresh its record."""
         entry = self.flows.get(key)
         if entry is not None:
@@ -876,7 +897,9 @@ class NFCT(InputPlugin):
                 self.log.debug("NFCT %s: lookup of %s failed: %s", self.id, tup, exc)
                 continue
             entry = table.flows.pop(key)
-            record = dict(entry[0])
+            record = self.records.stored_record(entry[0])
+            if record is None:
+                continue
             self._finish(record, entry[1], time.time_ns())
             out.append(record)
         self.stats.resync_destroyed += len(out)
