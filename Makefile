@@ -44,5 +44,14 @@ bench-nfct: deps
 	$(BIN)/python -m compileall -q src/nfkit
 	$(BIN)/python bench/nfct_bench.py
 
+# NetfilterQueue (the reference) is a benchmark dependency only; it builds against
+# Debian's libnetfilter-queue-dev.
+.PHONY: bench-queue
+bench-queue: deps
+	@scripts/install-system-deps.sh bench
+	$(BIN)/pip install -q NetfilterQueue
+	$(BIN)/python -m compileall -q src/nfkit
+	$(BIN)/python bench/nfqueue_bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

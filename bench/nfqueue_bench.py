@@ -1,0 +1,552 @@
+"""NFQUEUE throughput and CPU cost: ``nfkit.nfqueue`` against the NetfilterQueue package.
+
+One lab, one queue (``iptables -t raw -j NFQUEUE`` in namespace b, then
+``-j DROP`` in filter INPUT so nothing answers), one consumer at a time in b,
+pinned to CPU 1, while namespace a blasts TCP segments (64-byte payload, 512
+flows) at it from a TPACKET_V2 TX ring, pinned to CPU 0: hundreds of frames
+per ``send``, far more than any consumer answers, so the queue stays full and
+the consumer never waits.
+
+Contenders, each with two handlers (``accept``: accept every packet;
+``dport``: accept TCP to port 9, drop other TCP, from the TCP header):
+
+* ``NetfilterQueue``: ``NetfilterQueue().bind(0, handler)`` and ``run()``
+  (libnetfilter_queue: one ``recv`` and one ``sendmsg`` per packet); the
+  dport handler unpacks the port from ``get_payload()`` with ``struct``.
+* ``nfkit``: ``Server(Queue(0, batch_verdicts=False), handler).run()``: one
+  VERDICT message per packet (up to 64 in one ``send``); the dport handler
+  reads ``packet.headers.l4.dport``.
+* ``nfkit-batch``: the same with ``batch_verdicts=True`` (equal verdicts in a
+  row go out as one VERDICT_BATCH).
+* ``python-loop`` and ``python-loop-batch`` (the floor, no target): nfkit
+  binds the queue, then a hand-written loop on its socket reads each datagram
+  into one buffer, takes the packet id (and, for dport, the port), and
+  answers each burst of up to 64 with one ``send`` (a VERDICT per packet, or
+  one VERDICT_BATCH): about the least a Python program can do per packet.
+
+Throughput is counted by the kernel, the same way for every contender:
+verdicts delivered = packets handed to the socket (``id_sequence`` minus
+``user_dropped`` in ``/proc/PID/net/netfilter/nfnetlink_queue``) minus
+those still waiting (``total``), sampled twice while the queue is saturated
+(after a warm-up). CPU is the consumer's user+sys time (``/proc/PID/stat``)
+between the same two samples. Losses over the whole run: the kernel's
+queue-full and socket-full drops, and fail-open accepts (none: the queue has
+no FAIL_OPEN flag); the DROP rule's counter must equal the accept verdicts.
+
+    python bench/nfqueue_bench.py [--repeat 5] [--seconds 3] [--contenders A,B]
+                                  [--output docs/benchmarks.md | --no-write]
+
+Needs root (network namespaces), iptables, taskset and NetfilterQueue (``make bench-queue``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import mmap
+import os
+import select
+import shlex
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from nfkit.lab import Lab, unavailable_reason  # noqa: E402
+from nfkit.nfqueue.stats import KernelCounters, read_kernel_counters  # noqa: E402
+from nfkit.packet.build import build_ipv4, build_tcp  # noqa: E402
+from nflog_bench import background_load, environment, pin  # noqa: E402
+from reference import CLOCK_TICKS, iptables_restore  # noqa: E402
+from report import write_section  # noqa: E402
+
+QUEUE = 0
+PORT = 9  # discard
+MAXLEN = 1024
+CONTENDERS = ("NetfilterQueue", "nfkit", "nfkit-batch", "python-loop", "python-loop-batch")
+REFERENCE = "NetfilterQueue"
+HANDLERS = ("accept", "dport")
+#: packets/s of nfkit over NetfilterQueue's, at least (issue 6)
+TARGETS = {"nfkit": 1.5, "nfkit-batch": 2.0}
+
+
+# -- the sender (namespace a) -------------------------------------------------------------
+
+SOL_PACKET = 263
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_QDISC_BYPASS = 20
+TPACKET_V2 = 1
+TP_STATUS_SEND_REQUEST = 1
+FRAME_SIZE = 2048
+FRAMES = 512
+#: Where a TX frame's data starts: TPACKET_ALIGN(sizeof(struct tpacket2_hdr)).
+FRAME_DATA = 32
+_FRAME_HDR = struct.Struct("=II")  # tp_status, tp_len
+_STATUS = struct.Struct("=I")
+
+
+def tcp_frames(src_mac: str, dst_mac: str, src: str, dst: str, flows: int) -> list[bytes]:
+    """Ethernet frames of TCP ACK segments (64 payload bytes) to ``dst``:PORT, one per flow."""
+    ethernet = bytes.fromhex(dst_mac.replace(":", "") + src_mac.replace(":", "")) + b"\x08\x00"
+    frames = []
+    for flow in range(flows):
+        segment = build_tcp(20000 + flow, PORT, 1, 1, 0x10, 1024, bytes(64), src, dst)
+        frames.append(ethernet + build_ipv4(src, dst, socket.IPPROTO_TCP, segment))
+    return frames
+
+
+def blast(ifname: str, frames: list[bytes], seconds: float) -> dict[str, float]:
+    """Send ``frames`` over and over for ``seconds``: one ``send`` per ring of FRAMES."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    ring_size = FRAME_SIZE * FRAMES
+    sock.setsockopt(SOL_PACKET, PACKET_TX_RING, struct.pack("=IIII", ring_size, 1, FRAME_SIZE,
+                                                            FRAMES))
+    ring = mmap.mmap(sock.fileno(), ring_size)
+    sock.bind((ifname, 0))
+    offsets = range(0, ring_size, FRAME_SIZE)
+    for offset, frame in zip(offsets, frames * (FRAMES // len(frames) + 1), strict=False):
+        _FRAME_HDR.pack_into(ring, offset, 0, len(frame))
+        ring[offset + FRAME_DATA : offset + FRAME_DATA + len(frame)] = frame
+    request = _STATUS.pack_into
+    sent = 0
+    print(json.dumps({"event": "start"}), flush=True)
+    start = time.monotonic()
+    end = start + seconds
+    while time.monotonic() < end:
+        for offset in offsets:
+            request(ring, offset, TP_STATUS_SEND_REQUEST)
+        sock.send(b"")  # blocks until the kernel took every frame of the ring
+        sent += FRAMES
+    elapsed = time.monotonic() - start
+    left = sum(_STATUS.unpack_from(ring, offset)[0] != 0 for offset in offsets)
+    ring.close()
+    sock.close()
+    return {"sent": sent - left, "seconds": elapsed, "pps": (sent - left) / elapsed}
+
+
+# -- the consumers (namespace b) ----------------------------------------------------------
+
+_BE16 = struct.Struct("!H")
+
+
+class Stop(Exception):
+    """SIGTERM: leave the consumer's loop."""
+
+
+def raise_stop(_signo: int, _frame: object) -> None:
+    raise Stop
+
+
+def netfilterqueue_consumer(handler_name: str) -> None:
+    """NetfilterQueue bound to QUEUE, its ``run()`` until SIGTERM."""
+    from netfilterqueue import NetfilterQueue
+
+    port_at = _BE16.unpack_from
+
+    def accept(packet: Any) -> None:
+        packet.accept()
+
+    def dport(packet: Any) -> None:
+        payload = packet.get_payload()
+        tcp = payload[9] == socket.IPPROTO_TCP
+        if not tcp or port_at(payload, (payload[0] & 15) * 4 + 2)[0] == PORT:
+            packet.accept()
+        else:
+            packet.drop()
+
+    nfq = NetfilterQueue()
+    nfq.bind(QUEUE, {"accept": accept, "dport": dport}[handler_name], max_len=MAXLEN)
+    signal.signal(signal.SIGTERM, raise_stop)
+    ready()
+    try:
+        nfq.run()
+    except Stop:
+        pass
+    finally:
+        nfq.unbind()
+
+
+def nfkit_consumer(handler_name: str, batch: bool) -> None:
+    """A :class:`nfkit.nfqueue.Server` on QUEUE until SIGTERM."""
+    from nfkit.nfqueue import ACCEPT, DROP, Queue, QueuedPacket, Server, Verdict
+
+    def accept(packet: QueuedPacket) -> Verdict:
+        return ACCEPT
+
+    def dport(packet: QueuedPacket) -> Verdict:
+        headers = packet.headers
+        if headers.l4_protocol != socket.IPPROTO_TCP or headers.l4.dport == PORT:  # type: ignore[union-attr]
+            return ACCEPT
+        return DROP
+
+    with Queue(QUEUE, maxlen=MAXLEN, batch_verdicts=batch) as queue:
+        server = Server(queue, {"accept": accept, "dport": dport}[handler_name])
+        signal.signal(signal.SIGTERM, lambda _signo, _frame: server.stop())
+        ready()
+        server.run()
+
+
+def python_loop_consumer(handler_name: str, batch: bool) -> None:
+    """The least a Python program can do: nfkit binds the queue, then a hand-written loop
+    reads each datagram into one buffer, takes the packet id (and the TCP port), and
+    answers each burst with one ``send`` (one VERDICT_BATCH, or a VERDICT per packet)."""
+    from nfkit.netlink.codec import NLATTR, NLM_F_REQUEST, NLMSGHDR
+    from nfkit.nfqueue import Queue
+    from nfkit.nfqueue.const import ATTR_PAYLOAD, MSG_PACKET, MSG_VERDICT, MSG_VERDICT_BATCH
+    from nfkit.nfqueue.verdict import queue_prefix
+
+    header, attribute, pair = NLMSGHDR.pack, NLATTR.unpack_from, struct.Struct("!II").pack
+    first = struct.Struct("=4xH18xI").unpack_from  # message type, packet id (big-endian: below)
+    verdict_tail = queue_prefix(QUEUE) + struct.pack("=HH", 12, 2)  # NFQA_VERDICT_HDR
+    read_port = handler_name == "dport"
+    buffer = bytearray(1 << 16)
+    with Queue(QUEUE, maxlen=MAXLEN) as queue:
+        sock = socket.socket(fileno=os.dup(queue.fileno()))
+        recv_into, send = sock.recv_into, sock.send
+        signal.signal(signal.SIGTERM, raise_stop)
+        ready()
+        with sock, contextlib.suppress(Stop):
+            while True:
+                ids = []
+                flags = 0  # the first recv of a burst waits
+                for _ in range(64):
+                    try:
+                        size = recv_into(buffer, 0, flags)
+                    except BlockingIOError:
+                        break
+                    flags = socket.MSG_DONTWAIT
+                    mtype, packet_id = first(buffer)
+                    if mtype != MSG_PACKET:
+                        continue
+                    if read_port:
+                        offset = 32  # the attribute after NFQA_PACKET_HDR
+                        while offset < size:
+                            length, atype = attribute(buffer, offset)
+                            if atype & 0x7FFF == ATTR_PAYLOAD:
+                                ip = offset + 4
+                                if buffer[ip + 9] == socket.IPPROTO_TCP:
+                                    _BE16.unpack_from(buffer, ip + (buffer[ip] & 15) * 4 + 2)
+                                break
+                            offset += (length + 3) & ~3
+                    ids.append(socket.ntohl(packet_id))
+                if batch and ids:
+                    top = ids[-1]
+                    send(header(32, MSG_VERDICT_BATCH, NLM_F_REQUEST, top, 0) + verdict_tail
+                         + pair(1, top))
+                elif ids:
+                    send(b"".join(header(32, MSG_VERDICT, NLM_F_REQUEST, i, 0) + verdict_tail
+                                  + pair(1, i) for i in ids))
+
+
+def ready() -> None:
+    print(json.dumps({"event": "ready"}), flush=True)
+
+
+CONSUMERS: dict[str, Callable[[str], None]] = {
+    "NetfilterQueue": netfilterqueue_consumer,
+    "nfkit": lambda handler: nfkit_consumer(handler, batch=False),
+    "nfkit-batch": lambda handler: nfkit_consumer(handler, batch=True),
+    "python-loop": lambda handler: python_loop_consumer(handler, batch=False),
+    "python-loop-batch": lambda handler: python_loop_consumer(handler, batch=True),
+}
+
+
+# -- the orchestra ------------------------------------------------------------------------
+
+RULES = f"""*raw
+-F PREROUTING
+-A PREROUTING -p tcp --dport {PORT} -j CT --notrack
+-A PREROUTING -p tcp --dport {PORT} -j NFQUEUE --queue-num {QUEUE}
+COMMIT
+*filter
+-F INPUT
+-A INPUT -p tcp --dport {PORT} -j DROP
+COMMIT
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The consumer's CPU time and its queue's kernel counters at one moment."""
+
+    time: float
+    user: float
+    system: float
+    counters: KernelCounters
+
+    @property
+    def verdicts(self) -> int:
+        """Packets the consumer has answered: handed to its socket, minus those still waiting."""
+        c = self.counters
+        return c.id_sequence - c.user_dropped - c.total
+
+    @property
+    def offered(self) -> int:
+        """Packets that reached the queue: handed to the socket, or dropped because it was full."""
+        return self.counters.id_sequence + self.counters.dropped
+
+
+def sample(pid: int) -> Sample:
+    """Read both, the time between the two reads."""
+    before = time.monotonic()
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    counters = read_kernel_counters(f"/proc/{pid}/net/netfilter/nfnetlink_queue")[QUEUE]
+    return Sample((before + time.monotonic()) / 2, int(fields[11]) / CLOCK_TICKS,
+                  int(fields[12]) / CLOCK_TICKS, counters)
+
+
+@dataclass
+class Run:
+    """One contender, one handler, one burst of traffic."""
+
+    contender: str
+    handler: str
+    # while measured (the queue saturated)
+    pps: float  # verdicts/s
+    cpu_us: float  # the consumer's user+sys CPU µs per verdict
+    sys_us: float  # of which in the kernel
+    offered: float  # packets that reached the queue per verdict (> 1: more than it answered)
+    # the whole run
+    sent: int
+    sender_pps: float
+    reached: int  # the NFQUEUE rule's counter
+    verdicts: int
+    accepted: int  # the DROP rule's counter (after the queue)
+    queue_dropped: int  # the queue was full
+    user_dropped: int  # the socket was full
+    load: float  # the machine's CPU use before the run (0-1)
+
+    @property
+    def fail_open(self) -> int:
+        """Packets the kernel let past the queue instead of queueing them (FAIL_OPEN)."""
+        return self.reached - self.verdicts - self.queue_dropped - self.user_dropped
+
+
+def this_script(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def start(lab: Lab, ns: str, cpu: int, *args: str) -> subprocess.Popen[bytes]:
+    """This script with ``args`` in namespace ``ns``, pinned to ``cpu``, stdout unbuffered."""
+    return lab.popen(ns, *pin(cpu), *this_script(*args), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, bufsize=0)
+
+
+def read_event(proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The next JSON line of ``proc``'s stdout (unbuffered: select sees every byte)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            if not line:
+                break  # it exited
+            event: dict[str, Any] = json.loads(line)
+            return event
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() else ""
+    raise RuntimeError(f"no {what} from {proc.args!r} (exit {proc.poll()}): {stderr}")
+
+
+def run_one(lab: Lab, contender: str, handler: str, seconds: float, warmup: float,
+            patience: float) -> Run:
+    """Bind, blast for ``warmup + seconds``, measure ``seconds``, drain, stop, count."""
+    load = background_load(patience)
+    iptables_restore(lab, lab.b, RULES)  # fresh counters
+    consumer = start(lab, lab.b.name, 1, "consume", contender, handler)
+    sender = None
+    try:
+        read_event(consumer, "ready line")
+        sender = start(lab, lab.a.name, 0, "send", lab.a.ifname, lab.a.mac, lab.b.mac,
+                       str(lab.a.ip4), str(lab.b.ip4), str(warmup + seconds + 0.2))
+        read_event(sender, "start line")
+        time.sleep(warmup)
+        first = sample(consumer.pid)
+        time.sleep(seconds)
+        last = sample(consumer.pid)
+        sent = read_event(sender, "result", timeout=seconds + 30)
+        final = drained(consumer.pid)
+        reached = sum(r.packets for r in lab.rule_counters(lab.b, "PREROUTING", "raw")
+                      if "NFQUEUE" in r.rule)
+        accepted = sum(r.packets for r in lab.rule_counters(lab.b, "INPUT"))
+        consumer.send_signal(signal.SIGTERM)
+        if consumer.wait(timeout=20) != 0:
+            stderr = consumer.stderr.read().decode(errors="replace") if consumer.stderr else ""
+            raise RuntimeError(f"{contender} exited with {consumer.returncode}: {stderr}")
+    finally:
+        for proc in (consumer, sender):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    answered = last.verdicts - first.verdicts
+    user, system = last.user - first.user, last.system - first.system
+    return Run(contender, handler, answered / (last.time - first.time),
+               (user + system) * 1e6 / answered, system * 1e6 / answered,
+               (last.offered - first.offered) / answered, int(sent["sent"]), sent["pps"],
+               reached, final.verdicts, accepted, final.counters.dropped,
+               final.counters.user_dropped, load)
+
+
+def drained(pid: int, timeout: float = 10.0) -> Sample:
+    """The consumer's counters once nothing waits in its queue any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = sample(pid)
+        if now.counters.total == 0 or time.monotonic() > deadline:
+            return now
+        time.sleep(0.02)
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def median_range(values: Sequence[float], digits: int) -> str:
+    """The median, and the range of more than one value."""
+    text = f"{statistics.median(values):,.{digits}f}"
+    if len(values) > 1:
+        text += f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+    return text
+
+
+def table(runs: list[Run]) -> str:
+    head = ("| handler | consumer | verdicts/s | CPU µs / verdict (of which kernel) "
+            "| verdicts/s vs NetfilterQueue | CPU / verdict vs NetfilterQueue "
+            "| offered / answered | sent | sender's rate | verdicts "
+            "| lost: queue full + socket full + fail-open | other load before |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for handler in HANDLERS:
+        reference = select_runs(runs, REFERENCE, handler)
+        for contender in CONTENDERS:
+            mine = select_runs(runs, contender, handler)
+            if not mine:
+                continue
+            compare = contender != REFERENCE and reference
+            speed = median_range(ratios(mine, reference, "pps"), 2) if compare else ""
+            cost = median_range(ratios(mine, reference, "cpu_us"), 2) if compare else ""
+            sent = sum(r.sent for r in mine)
+            lost = [sum(getattr(r, name) for r in mine)
+                    for name in ("queue_dropped", "user_dropped", "fail_open")]
+            lines.append(
+                f"| {handler} | {contender} | {median_range([r.pps for r in mine], 0)} "
+                f"| {median_range([r.cpu_us for r in mine], 2)} "
+                f"({statistics.median(r.sys_us for r in mine):.2f}) | {speed} | {cost} "
+                f"| {median_range([r.offered for r in mine], 2)} | {sent:,} "
+                f"| {statistics.median(r.sender_pps for r in mine):,.0f}/s "
+                f"| {sum(r.verdicts for r in mine):,} "
+                f"| {100 * sum(lost) / sent:.0f} %: {lost[0]:,} + {lost[1]:,} + {lost[2]:,} "
+                f"| {100 * max(r.load for r in mine):.0f} % |")
+    return "\n".join(lines)
+
+
+def select_runs(runs: list[Run], contender: str, handler: str) -> list[Run]:
+    return [r for r in runs if r.contender == contender and r.handler == handler]
+
+
+def ratios(mine: list[Run], reference: list[Run], name: str) -> list[float]:
+    """``name`` of each run over that of the reference's run of the same round."""
+    return [getattr(m, name) / getattr(r, name) for m, r in zip(mine, reference, strict=True)]
+
+
+def verdicts(runs: list[Run]) -> list[str]:
+    """The targets, PASS or FAIL; and the accounting of every run."""
+    out = []
+    for handler in HANDLERS:
+        reference = select_runs(runs, REFERENCE, handler)
+        for contender, target in TARGETS.items():
+            mine = select_runs(runs, contender, handler)
+            if not mine or not reference:
+                continue
+            ratio = statistics.median(ratios(mine, reference, "pps"))
+            out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}) "
+                       f"answers >= {target} x NetfilterQueue's packets/s: {ratio:.2f} x")
+    unaccounted = [r for r in runs if r.accepted != r.verdicts or r.fail_open]
+    out.append(f"{'PASS' if not unaccounted else 'FAIL'}: in every run the DROP rule after the "
+               f"queue counted exactly the verdicts, and nothing was accepted fail-open"
+               + "".join(f"; {r.contender} {r.handler}: {r.accepted} vs {r.verdicts}, "
+                         f"fail-open {r.fail_open}" for r in unaccounted))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per contender and handler")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--handlers", default=",".join(HANDLERS))
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="only print the table")
+    parser.add_argument("--patience", type=float, default=5.0,
+                        help="seconds to wait before each run for other programs to go idle")
+    args = parser.parse_args()
+    reason = unavailable_reason() or netfilterqueue_missing()
+    if reason:
+        print(f"nfqueue_bench: cannot run: {reason}", file=sys.stderr)
+        return 2
+    contenders = args.contenders.split(",")
+    handlers = args.handlers.split(",")
+    command = shlex.join(["python", "bench/nfqueue_bench.py", *sys.argv[1:]])
+    started = time.monotonic()
+    runs: list[Run] = []
+    with Lab() as lab:
+        lab.ping(lab.a, str(lab.b.ip4))  # resolve the neighbour first
+        for repeat in range(args.repeat):
+            # rotate who goes first, so that no one always meets the same neighbours
+            turn = repeat % len(contenders)
+            for contender in contenders[turn:] + contenders[:turn]:
+                for handler in handlers:
+                    run = run_one(lab, contender, handler, args.seconds, args.warmup,
+                                  args.patience)
+                    runs.append(run)
+                    print(f"#{repeat + 1} {contender} {handler}: {run.pps:,.0f} verdicts/s, "
+                          f"{run.cpu_us:.2f} µs CPU/verdict ({run.sys_us:.2f} sys), offered "
+                          f"{run.offered:.2f} x; sent {run.sent:,} at {run.sender_pps:,.0f}/s, "
+                          f"verdicts {run.verdicts:,}, queue full {run.queue_dropped:,}, "
+                          f"socket full {run.user_dropped:,}, fail-open {run.fail_open} "
+                          f"(other load before: {100 * run.load:.0f} %)", file=sys.stderr)
+    section = (f"{environment(command)}* {len(contenders)} consumers x {len(handlers)} handlers, "
+               f"{args.repeat} run(s) each, {args.seconds:g} s measured after {args.warmup:g} s; "
+               f"took {time.monotonic() - started:.0f} s\n\n{table(runs)}\n\n"
+               + "".join(f"* {v}\n" for v in verdicts(runs)))
+    print(section)
+    if not args.no_write:
+        write_section(args.output, "nfqueue_bench", section, heading="NFQUEUE")
+        print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def netfilterqueue_missing() -> str | None:
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError:
+        return "the NetfilterQueue package is missing (make bench-queue installs it)"
+    return None
+
+
+def entry() -> int:
+    if sys.argv[1:2] == ["send"]:
+        ifname, src_mac, dst_mac, src, dst, seconds = sys.argv[2:8]
+        result = blast(ifname, tcp_frames(src_mac, dst_mac, src, dst, FRAMES), float(seconds))
+        print(json.dumps(result), flush=True)
+        return 0
+    if sys.argv[1:2] == ["consume"]:
+        CONSUMERS[sys.argv[2]](sys.argv[3])
+        return 0
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
