@@ -66,7 +66,9 @@ class VerdictSender:
         self._prefix = queue_prefix(queue_num)
         self._simple_tail = self._prefix + _VERDICT_HDR_ATTR
         self._items: list[tuple[int, Verdict, int | None]] = []
-        self._uniform: tuple[int, int | None, int | None] | None = None
+        #: The simple verdict and final mark all collected ones share (None: they differ).
+        self._uniform: Verdict | None = None
+        self._uniform_mark: int | None = None
         self._ct_later: list[tuple[QueuedPacket, Verdict]] = []
         self._throttle = Throttle()
 
@@ -80,11 +82,17 @@ class VerdictSender:
             mark = verdict.mark_for(packet.mark)
         items = self._items
         if verdict.simple:
-            key = (verdict.code, mark, verdict.priority)
             if not items:
-                self._uniform = key
-            elif key != self._uniform:
-                self._uniform = None
+                self._uniform, self._uniform_mark = verdict, mark
+            elif verdict is not self._uniform or mark != self._uniform_mark:
+                uniform = self._uniform
+                if not (
+                    uniform is not None
+                    and mark == self._uniform_mark
+                    and verdict.code == uniform.code
+                    and verdict.priority == uniform.priority
+                ):
+                    self._uniform = None
         else:
             self._uniform = None
             if self.ct_updater is not None and (
@@ -104,18 +112,19 @@ class VerdictSender:
         if uniform is not None and self.batch and len(items) > 1:
             top = newest([item[0] for item in items])
             if not any((top - other) & U32 < _HALF for other in waiting):
-                self._send_datagram(self._batch_message(top, *uniform), batches=1)
+                message = self._batch_message(top, uniform, self._uniform_mark)
+                self._send_datagram(message, batches=1)
                 return
         self._send_individual(items)
         if self._ct_later:
             self._update_connections()
 
-    def _batch_message(self, top: int, code: int, mark: int | None, priority: int | None) -> bytes:
-        body = self._simple_tail + _BE_PAIR.pack(code, top)
+    def _batch_message(self, top: int, verdict: Verdict, mark: int | None) -> bytes:
+        body = self._simple_tail + _BE_PAIR.pack(verdict.code, top)
         if mark is not None:
             body += attr_be32(ATTR_MARK, mark)
-        if priority is not None:
-            body += attr_be32(ATTR_PRIORITY, priority)
+        if verdict.priority is not None:
+            body += attr_be32(ATTR_PRIORITY, verdict.priority)
         return NLMSGHDR.pack(16 + len(body), MSG_VERDICT_BATCH, NLM_F_REQUEST, top, 0) + body
 
     def _send_individual(self, items: list[tuple[int, Verdict, int | None]]) -> None:
