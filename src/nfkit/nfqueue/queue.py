@@ -432,9 +432,11 @@ class Queue:
             self._post(packet, item)
 
     def _post(self, packet: QueuedPacket, item: Verdict | Deferred) -> None:
+        if self.closed:  # the packet was answered at close; its fd may be another file now
+            self.stats.late += 1
+            return
         self._inbox.append((packet, item))
-        with contextlib.suppress(OSError):  # closed meanwhile
-            os.eventfd_write(self._wake_fd, 1)
+        self.wake()
 
     def _apply_inbox(self) -> None:
         inbox = self._inbox
@@ -575,8 +577,9 @@ class Queue:
 
     def wake(self) -> None:
         """Make a waiting :meth:`receive` return (from any thread, or a signal handler)."""
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._wake_fd, 1)
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake_fd, 1)
 
     def __enter__(self) -> Queue:
         return self

@@ -52,7 +52,11 @@ def read_kernel_counters(path: str = PROC_QUEUES) -> dict[int, KernelCounters]:
 
 @dataclass(slots=True)
 class QueueStats:
-    """Counters of one queue (only its loop thread writes them)."""
+    """Counters of one queue.
+
+    The loop thread writes them, except ``handler_errors`` and
+    ``invalid_results``, which worker threads count too.
+    """
 
     queue: int
     #: packets read from the socket
