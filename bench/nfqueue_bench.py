@@ -63,6 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]
 
+from conntrack_bench import nfkit_commit  # noqa: E402
 from nfkit.lab import Lab, unavailable_reason  # noqa: E402
 from nfkit.nfqueue.stats import KernelCounters, read_kernel_counters  # noqa: E402
 from nfkit.packet.build import build_ipv4, build_tcp  # noqa: E402
@@ -78,6 +79,8 @@ REFERENCE = "NetfilterQueue"
 HANDLERS = ("accept", "dport")
 #: packets/s of nfkit over NetfilterQueue's, at least (issue 6)
 TARGETS = {"nfkit": 1.5, "nfkit-batch": 2.0}
+#: Packets reaching the queue per verdict above which the consumer, not the sender, is the limit.
+SATURATED = 1.1
 
 
 # -- the sender (namespace a) -------------------------------------------------------------
@@ -472,6 +475,11 @@ def verdicts(runs: list[Run]) -> list[str]:
             ratio = statistics.median(ratios(mine, reference, "pps"))
             out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}) "
                        f"answers >= {target} x NetfilterQueue's packets/s: {ratio:.2f} x")
+    bound = sorted({f"{r.contender} ({r.handler})" for r in runs if r.offered < SATURATED})
+    out.append(f"{'PASS' if not bound else 'NOTE'}: the queue was saturated while measured "
+               f"(at least {SATURATED} x the packets answered reached it)"
+               + (f", except in runs of {', '.join(bound)}: there the sender was the limit, "
+                  "their verdicts/s are lower bounds" if bound else ""))
     unaccounted = [r for r in runs if r.accepted != r.verdicts or r.fail_open]
     out.append(f"{'PASS' if not unaccounted else 'FAIL'}: in every run the DROP rule after the "
                f"queue counted exactly the verdicts, and nothing was accepted fail-open"
@@ -517,7 +525,9 @@ def main() -> int:
                           f"verdicts {run.verdicts:,}, queue full {run.queue_dropped:,}, "
                           f"socket full {run.user_dropped:,}, fail-open {run.fail_open} "
                           f"(other load before: {100 * run.load:.0f} %)", file=sys.stderr)
-    section = (f"{environment(command)}* {len(contenders)} consumers x {len(handlers)} handlers, "
+    section = (f"{environment(command)}* nfkit at {nfkit_commit()}, NetfilterQueue "
+               f"{netfilterqueue_version()}\n"
+               f"* {len(contenders)} consumers x {len(handlers)} handlers, "
                f"{args.repeat} run(s) each, {args.seconds:g} s measured after {args.warmup:g} s; "
                f"took {time.monotonic() - started:.0f} s\n\n{table(runs)}\n\n"
                + "".join(f"* {v}\n" for v in verdicts(runs)))
@@ -526,6 +536,12 @@ def main() -> int:
         write_section(args.output, "nfqueue_bench", section, heading="NFQUEUE")
         print(f"written to {args.output}", file=sys.stderr)
     return 0
+
+
+def netfilterqueue_version() -> str:
+    from importlib.metadata import version
+
+    return version("NetfilterQueue")
 
 
 def netfilterqueue_missing() -> str | None:
