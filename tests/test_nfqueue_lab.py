@@ -94,6 +94,13 @@ def nfqueue_rule(lab: Lab, *match: str, queue: int = 0, table: str = "filter",
     run(lab.b, "-t", table, "-A", chain, *match, "-j", "NFQUEUE", "--queue-num", str(queue))
 
 
+def udp_queue(lab: Lab, **options: Any) -> Queue:
+    """Queue 0 bound in b, fed with the UDP packets to port 9000."""
+    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
+    with lab.entered(lab.b):
+        return Queue(0, **options)
+
+
 def counter(lab: Lab, chain: str, fragment: str, table: str = "filter", ipv6: bool = False) -> int:
     """Packets counted by the rule of ``chain`` in b whose text contains ``fragment``."""
     rules = [r for r in lab.rule_counters(lab.b, chain, table, ipv6) if fragment in r.rule]
@@ -393,9 +400,7 @@ def test_not_root_is_a_clear_error(lab: Lab) -> None:
 
 
 def test_verdict_errors_mid_stream_are_counted_not_fatal(lab: Lab) -> None:
-    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
-    with lab.entered(lab.b):
-        queue = Queue(0)
+    queue = udp_queue(lab)
     with queue:
         lab.udp(lab.a, "192.0.2.2", 9000, count=1)
         (packet,) = wait_packets(queue, 1)
@@ -448,9 +453,7 @@ def test_packet_attributes_from_the_kernel(lab: Lab) -> None:
 
 
 def test_truncated_copies_carry_the_real_length(lab: Lab) -> None:
-    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
-    with lab.entered(lab.b):
-        queue = Queue(0, copy_range=64)
+    queue = udp_queue(lab, copy_range=64)
     with queue:
         lab.udp(lab.a, "192.0.2.2", 9000, count=1, size=500)
         (packet,) = wait_packets(queue, 1)
@@ -459,9 +462,7 @@ def test_truncated_copies_carry_the_real_length(lab: Lab) -> None:
 
 @pytest.mark.parametrize("workers", [0, 3])
 def test_server_in_a_thread_with_and_without_workers(lab: Lab, workers: int) -> None:
-    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
-    with lab.entered(lab.b):
-        queue = Queue(0)
+    queue = udp_queue(lab)
     threads: set[str] = set()
 
     def handler(packet: QueuedPacket) -> Verdict:
@@ -482,9 +483,7 @@ def test_server_in_a_thread_with_and_without_workers(lab: Lab, workers: int) -> 
 
 
 def test_asyncio_serve_with_a_coroutine_handler(lab: Lab) -> None:
-    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
-    with lab.entered(lab.b):
-        queue = Queue(0, deadline=5.0)
+    queue = udp_queue(lab, deadline=5.0)
 
     async def handler(packet: QueuedPacket) -> Verdict | bool:
         await asyncio.sleep(0.001)  # a lookup somewhere
@@ -503,9 +502,7 @@ def test_asyncio_serve_with_a_coroutine_handler(lab: Lab) -> None:
 
 
 def test_ids_of_a_queue_start_at_one_and_have_no_gaps(lab: Lab) -> None:
-    nfqueue_rule(lab, "-p", "udp", "--dport", "9000")
-    with lab.entered(lab.b):
-        queue = Queue(0)
+    queue = udp_queue(lab)
     with queue:
         lab.udp(lab.a, "192.0.2.2", 9000, count=5)
         packets = wait_packets(queue, 5)

@@ -10,6 +10,11 @@ import enum
 
 from nfkit.netlink.codec import nfnl_type
 
+# NFQNL_CFG_CMD_* and NFQNL_COPY_* have NFLOG's numbers (BIND 1 ... PF_UNBIND 4;
+# NONE 0, META 1, PACKET 2); NFQUEUE's PF commands are no-ops since Linux 3.8.
+from nfkit.nflog import Command as Command  # re-exported
+from nfkit.nflog import CopyMode as CopyMode  # re-exported
+
 NFNL_SUBSYS_QUEUE = 3
 
 MSG_PACKET = nfnl_type(NFNL_SUBSYS_QUEUE, 0)
@@ -59,23 +64,6 @@ DEFAULT_MAXLEN = 1024
 
 #: OR-ed into a QUEUE verdict: continue as accepted when the target queue has no listener.
 QUEUE_BYPASS = 0x8000
-
-
-class Command(enum.IntEnum):
-    """NFQNL_CFG_CMD_*. The PF_ commands are no-ops since Linux 3.8."""
-
-    BIND = 1
-    UNBIND = 2
-    PF_BIND = 3
-    PF_UNBIND = 4
-
-
-class CopyMode(enum.IntEnum):
-    """How much of each packet the kernel copies. NONE drops every packet."""
-
-    NONE = 0
-    META = 1
-    PACKET = 2
 
 
 class Flag(enum.IntFlag):
