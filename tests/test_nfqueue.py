@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfkit.conntrack import const as ct
 from nfkit.conntrack.codec import encode_tuple
@@ -54,6 +56,7 @@ from nfkit.nfqueue import (
 )
 from nfkit.nfqueue import queue as queue_module
 from nfkit.nfqueue.ctupdate import flow_tuple
+from nfkit.nfqueue.layouts import AttributeLayouts
 from nfkit.nfqueue.stats import KernelCounters, read_kernel_counters
 from nfkit.packet import (
     IPPROTO_TCP,
@@ -363,6 +366,38 @@ def test_malformed_messages_and_verdict_errors_are_counted_and_logged(
     assert "refused the verdict for packet 12: unknown packet id" in caplog.text
     assert "unexpected message type 0x0399" in caplog.text
     queue.close()
+
+
+#: Messages as lists of (attribute type, payload size); PAYLOAD usually last.
+layouts = st.lists(
+    st.tuples(st.sampled_from([3, 4, 5, 6, 9, 10, 11, 13, 14, 16, 21]), st.integers(0, 24)),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(layouts, st.integers(0, 40), st.booleans()), min_size=1, max_size=8))
+def test_learned_layouts_give_what_the_walk_gives(
+    messages: list[tuple[list[tuple[int, int]], int, bool]],
+) -> None:
+    known = AttributeLayouts()
+    for attrs, payload_size, pad in messages:
+        encoded = [attr(atype, bytes([atype]) * size) for atype, size in attrs]
+        data = packet_message(1, bytes(range(payload_size)), attrs=encoded, pad=pad)
+        data = data if payload_size % 4 or not pad else data + bytes(2)  # a stray tail
+        expected = attr_spans(data, 32, len(data))
+        assert known.spans(data) == expected
+        assert known.spans(data) == expected  # from the learned layout this time
+
+
+def test_a_learned_layout_is_not_taken_for_a_message_with_more_after_its_payload() -> None:
+    known = AttributeLayouts()
+    indev = attr_be32(const.ATTR_IFINDEX_INDEV, 3)
+    first = packet_message(1, b"abcd", attrs=[indev])
+    tricky = packet_message(2, b"real", attrs=[indev, attr(const.ATTR_PAYLOAD, b"fake"),
+                                                attr_be32(const.ATTR_MARK, 7)])  # fmt: skip
+    for data in (first, tricky):
+        assert known.spans(data) == attr_spans(data, 32, len(data))
 
 
 # -- verdicts ----------------------------------------------------------------------

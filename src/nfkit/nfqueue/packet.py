@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _TIMESTAMP = struct.Struct("!QQ")
-#: Where the attributes after NFQA_PACKET_HDR begin (nlmsghdr, nfgenmsg, PACKET_HDR).
-ATTRS_AT = 32
 
 
 class QueuedPacket:
@@ -99,7 +97,7 @@ class QueuedPacket:
     def _span(self, atype: int) -> tuple[int, int] | None:
         spans = self._spans
         if spans is None:
-            spans = self._spans = attr_spans(self._data, ATTRS_AT, len(self._data))
+            spans = self._spans = self.queue.layouts.spans(self._data)
         return spans.get(atype)
 
     def _be32(self, atype: int) -> int | None:

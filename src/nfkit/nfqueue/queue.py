@@ -75,6 +75,7 @@ from nfkit.nfqueue.const import (
 )
 from nfkit.nfqueue.ctupdate import ConntrackUpdater
 from nfkit.nfqueue.errors import QueueInUse
+from nfkit.nfqueue.layouts import AttributeLayouts
 from nfkit.nfqueue.log import Throttle
 from nfkit.nfqueue.modes import Mode
 from nfkit.nfqueue.packet import Deferred, QueuedPacket
@@ -149,6 +150,8 @@ class Queue:
         self.deadline = deadline
         self.mode = mode
         self.stats = QueueStats(number)
+        #: Where the attributes of this queue's messages are (shared by its packets).
+        self.layouts = AttributeLayouts()
         self.closed = False
         #: The earliest deadline of a waiting packet (monotonic seconds) at the last receive.
         self.next_due: float | None = None
