@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import re
 import signal
 import socket
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from nfkit.lab import Lab, LabError
+from nfkit.netlink.socket import NETLINK_CAP_ACK, NETLINK_NO_ENOBUFS, SOL_NETLINK
 from nfkit.nfqueue import ACCEPT, Flag, Queue, QueuedPacket, Server, SkbInfo, Verdict, aio
 from nfkit.nfqueue.verdict import encode_verdict, queue_prefix
 
@@ -513,3 +515,32 @@ def test_ids_of_a_queue_start_at_one_and_have_no_gaps(lab: Lab) -> None:
         counters = queue.kernel_counters()
         assert counters is not None and counters.id_sequence == 5 and counters.total == 0
         assert queue.stats.id_gaps == 0 and queue.stats.batches == 1
+
+
+def test_socket_options_of_a_queue(lab: Lab) -> None:
+    queue = udp_queue(lab)
+    with queue, socket.socket(fileno=os.dup(queue.fileno())) as sock:
+        assert sock.getsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS) == 1
+        assert sock.getsockopt(SOL_NETLINK, NETLINK_CAP_ACK) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1024 * 2048
+
+
+def test_losses_show_as_enobufs_id_gaps_and_kernel_counters(lab: Lab) -> None:
+    # A tiny socket buffer and NETLINK_NO_ENOBUFS off: most of a burst cannot be delivered.
+    queue = udp_queue(lab, no_enobufs=False, receive_buffer=4096)
+    with queue:
+        assert lab.udp(lab.a, "192.0.2.2", 9000, count=300)["sent"] == 300
+        ids: list[int] = []
+        empty = 0
+        while empty < 5:  # the socket is drained (the ENOBUFS error comes first)
+            packets = queue.receive(timeout=0.1)
+            empty = 0 if packets else empty + 1
+            for packet in packets:
+                ids.append(packet.id)
+                packet.decide(ACCEPT)
+        queue.flush()
+        counters = queue.kernel_counters()
+        assert counters is not None and counters.user_dropped > 0 and queue.stats.enobufs >= 1
+        # Every packet the socket could not take used up an id: gaps, or ids after the last.
+        assert queue.stats.id_gaps + counters.id_sequence - max(ids) == counters.user_dropped
+        assert len(ids) + counters.user_dropped == 300 == counters.id_sequence
