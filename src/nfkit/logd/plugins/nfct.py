@@ -737,6 +737,10 @@ class NFCT(InputPlugin):
             items += self._decode(data)
         if items:
             self.stats.received += len(items)
+            filtered = items.count(SKIPPED)
+            if filtered:
+                self.stats.filtered += filtered
+                items = [item for item in items if item]
             records = self.handle(items)
             if records:
                 self.emit_batch(records)
@@ -759,11 +763,7 @@ class NFCT(InputPlugin):
         out = []
         now = 0
         wants_start, wants_end = self.wants_start, self.wants_end
-        for item in items:
-            if not item:
-                self.stats.filtered += 1
-                continue
-            event, _key, record, start, stop = item
+        for event, _key, record, start, stop in items:
             if event == NEW:
                 if wants_start:
                     _stamp(record, START_KEYS, start or now or (now := time.time_ns()))
@@ -786,11 +786,7 @@ class NFCT(InputPlugin):
         flows, learn, finish = table.flows, table.learn, self._finish
         out: list[Event] = []
         now = time.time_ns()
-        for item in items:
-            if not item:
-                self.stats.filtered += 1
-                continue
-            event, key, record, start, stop = item
+        for event, key, record, start, stop in items:
             if event == DESTROY:
                 entry = flows.pop(key, None)
                 # The kernel's start (timestamp extension) beats the time the NEW was read.
