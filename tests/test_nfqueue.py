@@ -668,6 +668,16 @@ def test_repeat_mode_marks_accepted_packets_and_passes_marked_ones_at_once() -> 
     queue.close()
 
 
+def test_a_default_accept_is_the_mode_s_accept_too() -> None:
+    # An IPS must not let a packet skip the rest of its chain because a handler failed.
+    queue, kernel = open_queue(mode=RepeatMode(0x1, 0x1), default=ACCEPT, deadline=0.0)
+    first, _second = received(queue, kernel, packet_message(1), packet_message(2))
+    queue.receive()  # both expire
+    queue.close()
+    assert {(v["code"], v.get("mark")) for v in sent_verdicts(kernel)} == {(Action.REPEAT, 1)}
+    assert queue.stats.expired == 2 and first.id == 1
+
+
 def test_route_mode_sends_accepted_packets_to_another_queue_and_drops_stay_drops() -> None:
     queue, kernel = open_queue(mode=RouteMode(7))
     first, second = received(queue, kernel, packet_message(1), packet_message(2))

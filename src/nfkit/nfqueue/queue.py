@@ -37,6 +37,7 @@ from nfkit.netlink.codec import (
     NLM_F_ACK,
     NLMSG_ERROR,
     NLMSG_MIN_TYPE,
+    ErrorReply,
     Message,
     attr,
     attr_be32,
@@ -250,11 +251,12 @@ class Queue:
         A kernel without the glue ignores a verdict's NFQA_CT without error.
         """
         mask = attr_be32(CFG_MASK, Flag.CONNTRACK)
+        operation = f"probe NFQUEUE queue {self.number} for the conntrack glue"
         try:
-            self._config(mask, attr_be32(CFG_FLAGS, Flag.CONNTRACK), operation="probe")
+            self._config(mask, attr_be32(CFG_FLAGS, Flag.CONNTRACK), operation=operation)
         except NetlinkNotSupported:
             return False
-        self._config(mask, attr_be32(CFG_FLAGS, 0), operation="probe")
+        self._config(mask, attr_be32(CFG_FLAGS, 0), operation=operation)
         return True
 
     def _owner(self) -> int | None:
@@ -389,7 +391,7 @@ class Queue:
             self.stats.malformed += 1
             self._throttle("malformed", logging.WARNING, f"queue {self.number}: {exc}; skipped")
 
-    def _kernel_error(self, error: Any, seq: int) -> None:
+    def _kernel_error(self, error: ErrorReply, seq: int) -> None:
         if not error.code:
             return  # an ACK
         code = -error.code
@@ -460,6 +462,7 @@ class Queue:
             self._timed_ids.add(packet.id)
 
     def _apply(self, packet: QueuedPacket, verdict: Verdict, transform: bool = True) -> None:
+        """Collect ``verdict`` for ``packet``; ``transform``: apply the mode to an ACCEPT."""
         outstanding = self._outstanding
         found = outstanding.pop(packet.id, None)
         if found is not packet:
@@ -469,10 +472,6 @@ class Queue:
             return
         if self._timed_ids:
             self._timed_ids.discard(packet.id)
-        if transform and self.mode is not None and verdict.action is Action.ACCEPT:
-            verdict = self.mode.accepted(verdict)
-        if self.on_pending is not None:
-            self.on_pending()
         if verdict.payload is not None and packet.truncated:
             self._throttle(
                 "truncated",
@@ -481,6 +480,10 @@ class Queue:
                 f"{packet.cap_len}); its payload cannot be replaced, gave the default verdict",
             )
             verdict = self.default
+        if transform and self.mode is not None and verdict.action is Action.ACCEPT:
+            verdict = self.mode.accepted(verdict)
+        if self.on_pending is not None:
+            self.on_pending()
         self._sender.add(packet, verdict)
 
     def _expire(self, now: float) -> float | None:
@@ -504,7 +507,7 @@ class Queue:
         for packet in late:
             if self._outstanding.get(packet.id) is packet:
                 self.stats.expired += 1
-                self._apply(packet, self.default, transform=False)
+                self._apply(packet, self.default)
         return next_due
 
     def flush(self) -> None:
@@ -546,7 +549,7 @@ class Queue:
                 self._take(self._recv_nowait(), packets)
         for packet in list(self._outstanding.values()):
             self.stats.answered_at_close += 1
-            self._apply(packet, final, transform=False)
+            self._apply(packet, final)
         self.flush()
         self.closed = True
         updater = self._sender.ct_updater
