@@ -100,8 +100,10 @@ class Server:
         queue.decide(packet, queue.default)
 
     def run(self) -> None:
-        """Serve until :meth:`stop` (the queues stay open: close them to answer what waits)."""
-        self._stopping.clear()
+        """Serve until :meth:`stop` (the queues stay open: close them to answer what waits).
+
+        A server stopped before it runs (a signal came early) returns at once.
+        """
         if self.workers:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="nfqueue") as pool:
                 try:
