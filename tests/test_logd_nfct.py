@@ -384,6 +384,25 @@ def test_an_overrun_is_resynchronised_every_flow_ending_once(lab: Lab) -> None:
 
 
 @pytest.mark.lab
+def test_overruns_grow_the_buffer_up_to_the_maxsize(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    with nfct(lab, ALL_KEYS - {"ct"}, hash_enable=0, netlink_socket_buffer_size=4096,
+              netlink_socket_buffer_maxsize=16384) as run:  # fmt: skip
+        assert run.plugin.listener is not None
+        for burst in range(3):  # each burst overflows the buffer it finds
+            fill_table(lab, lab.b, 300, src_net=f"203.0.113.{64 * burst}/26")
+            run.settle(0.1)
+        assert run.plugin.stats.overruns >= 3
+        assert run.plugin.listener.receive_buffer == 2 * 16384  # the kernel reports double
+    messages = [r.getMessage() for r in caplog.records]
+    assert "We are losing events, increasing buffer size to 8192" in messages
+    assert "We are losing events, increasing buffer size to 16384" in messages
+    reached = "Maximum buffer size (16384) in NFCT has been reached"
+    assert sum(m.startswith(reached) for m in messages) == 1  # warned once
+
+
+@pytest.mark.lab
 @needs_conntrack_tool
 def test_reliable_mode_loses_no_flow_of_a_burst(lab: Lab) -> None:
     n = 1000

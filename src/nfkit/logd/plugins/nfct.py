@@ -137,9 +137,7 @@ class _Membership(dict[bytes, bool]):
         self.ranges = [
             (n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in networks
         ]
-
-    def families(self) -> set[int]:
-        return {AF_INET if size == 4 else AF_INET6 for size, _net, _mask in self.ranges}
+        self.families = {AF_INET if n.version == 4 else AF_INET6 for n in networks}
 
     def __missing__(self, address: bytes) -> bool:
         value = int.from_bytes(address, "big")
@@ -165,15 +163,11 @@ class AcceptFilter:
     destinations: _Membership | None = None
     protocols: frozenset[int] | None = None
 
-    @property
-    def empty(self) -> bool:
-        return self.sources is None and self.destinations is None and self.protocols is None
-
     def accepts_shape(self, family: int, proto: int | None) -> bool:
         """What the filter decides from a layout's family and protocol alone."""
         if self.protocols is not None and proto not in self.protocols:
             return False
-        return all(m is None or family in m.families() for m in (self.sources, self.destinations))
+        return all(m is None or family in m.families for m in (self.sources, self.destinations))
 
     def accepts(self, family: int, src: bytes | None, dst: bytes | None, proto: int | None) -> bool:
         if not self.accepts_shape(family, proto):
@@ -290,14 +284,17 @@ class FlowRecords:
         if self.hashed and values.event is not None and event != DESTROY:
             made = "data[offset:] if offset else data"  # see stored_record()
         item = f"({event}, {key}, {made}, {start}, {stop})"
-        conditions = [
-            f"{label}[{expression(name)}]"
-            for member, name, label in (
-                (self.accept.sources, "orig.src", "SOURCES"),
-                (self.accept.destinations, "orig.dst", "DESTINATIONS"),
-            )
-            if member is not None
-        ]
+        conditions = []
+        checks = (
+            (self.accept.sources, "orig.src", "SOURCES"),
+            (self.accept.destinations, "orig.dst", "DESTINATIONS"),
+        )
+        for member, name, label in checks:
+            address = expression(name)
+            if member is not None:
+                if address is None:
+                    return None  # a malformed layout: convert() rejects its flows
+                conditions.append(f"{label}[{address}]")
         if conditions:
             item = f"{item} if {' and '.join(conditions)} else SKIPPED"
         names = {"SOURCES": self.accept.sources, "DESTINATIONS": self.accept.destinations,
