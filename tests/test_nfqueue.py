@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nfkit.cli import queue as cli
 from nfkit.conntrack import const as ct
 from nfkit.conntrack.codec import encode_tuple
 from nfkit.conntrack.model import Flow, Tuple
@@ -893,3 +894,57 @@ def test_asyncio_iteration() -> None:
     assert asyncio.run(main()) == [1, 2]
     assert {v["id"] for v in sent_verdicts(kernel)} in ({1, 2}, {2})
     assert queue.closed
+
+
+# -- the runner's option handling ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mode", "repeat"], "--mode repeat needs --repeat-mark MARK/MASK"),
+        (["--mode", "repeat", "--repeat-mark", "x/1"], "--repeat-mark 'x/1': write MARK/MASK"),
+        (["--mode", "repeat", "--repeat-mark", "1/0"], "the mask not 0"),
+        (["--mode", "route"], "--mode route needs --route-queue N"),
+        (["--handler", "nosuch_module_here:f"], "cannot import 'nosuch_module_here'"),
+        (["--handler", "os:nosuch"], "os has no function 'nosuch'"),
+        (["--handler", "justaname"], "write MODULE:FUNCTION"),
+        (["--maxlen", "0"], "--maxlen 0: at least 1"),
+        (["--deadline-ms", "-5"], "--deadline-ms -5: not negative"),
+    ],
+)
+def test_runner_options_are_checked(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--queue", "0", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runner_options_make_the_queue_options(tmp_path: Any, monkeypatch: Any) -> None:
+    args = cli.parser().parse_args(
+        ["--queue", "1:2", "--mode", "repeat", "--repeat-mark", "0x10/0xf0", "--fail-open",
+         "--default-verdict", "accept", "--deadline-ms", "250", "--maxlen", "8"]
+    )  # fmt: skip
+    options = cli.queue_options(args)
+    assert options["flags"] == Flag.FAIL_OPEN and options["default"] == ACCEPT
+    assert (options["deadline"], options["maxlen"]) == (0.25, 8)
+    mode = options["mode"]
+    assert isinstance(mode, RepeatMode) and (mode.mark, mode.mask) == (0x10, 0xF0)
+    assert cli.parse_mark("5") == (5, 0xFFFFFFFF)
+    (tmp_path / "myhandler.py").write_text("def check(packet):\n    return True\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.load_handler("myhandler:check")(None) is True  # type: ignore[arg-type]
+
+
+def test_runner_statistics_lines() -> None:
+    queue, kernel = open_queue()
+    for packet in received(queue, kernel, packet_message(1), packet_message(3)):
+        packet.decide(ACCEPT)
+    queue.flush()
+    counters = {0: KernelCounters(0, 1, 0, 2, 65531, 4, 5, 3)}
+    (line,) = cli.stats_lines([queue], counters)
+    assert line.startswith("queue 0: received=2 dropped=0 accepted=2 ")
+    assert "id_gaps=1" in line and line.endswith(
+        "kernel_waiting=0 kernel_dropped=4 kernel_user_dropped=5 kernel_id_sequence=3"
+    )
+    queue.close()

@@ -618,7 +618,7 @@ def parse_range(text: str) -> range:
     except ValueError:
         raise ValueError(f"{text!r} is not a queue number or range like 0:3") from None
     if not 0 <= low <= high <= 0xFFFF:
-        raise ValueError(f"queue range {text!r} is not within 0..65535 (low:high)")
+        raise ValueError(f"queue range {text!r}: write LOW:HIGH with 0 <= LOW <= HIGH <= 65535")
     return range(low, high + 1)
 
 
