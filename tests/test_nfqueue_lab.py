@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from ctlab import enable_labels
+from nfkit.conntrack import Conntrack
 from nfkit.lab import Lab, LabError
 from nfkit.netlink.socket import NETLINK_CAP_ACK, NETLINK_NO_ENOBUFS, SOL_NETLINK
 from nfkit.nfqueue import ACCEPT, Flag, Queue, QueuedPacket, Server, SkbInfo, Verdict, aio
@@ -544,3 +546,22 @@ def test_losses_show_as_enobufs_id_gaps_and_kernel_counters(lab: Lab) -> None:
         # Every packet the socket could not take used up an id: gaps, or ids after the last.
         assert queue.stats.id_gaps + counters.id_sequence - max(ids) == counters.user_dropped
         assert len(ids) + counters.user_dropped == 300 == counters.id_sequence
+
+
+def test_connection_mark_bits_and_labels_from_verdicts(lab: Lab) -> None:
+    enable_labels(lab, lab.b)
+    queue = udp_queue(lab)
+    labels = (1 << 3 | 1 << 70).to_bytes(16, "little")
+    verdict = Verdict.accept(ct_mark=0x5, ct_mark_mask=0xF, labels=labels, labels_mask=labels)
+    with queue:
+        # A mark the verdict changes only under its mask (CONNMARK also turns conntrack on).
+        lab.iptables(lab.b, "-t", "mangle", "-A", "PREROUTING", "-p", "udp",
+                     "-j", "CONNMARK", "--set-mark", "0x132")  # fmt: skip
+        lab.udp(lab.a, "192.0.2.2", 9000, count=1, sport=5555)
+        (packet,) = wait_packets(queue, 1)
+        packet.decide(verdict)
+        queue.flush()
+        with lab.entered(lab.b), Conntrack(prefetch=False) as ct:
+            (flow,) = [f for f in ct.dump() if f.orig is not None and f.orig.sport == 5555]
+        assert flow.mark == 0x135 and flow.label_bits == {3, 70}
+        assert queue.stats.ct_update_errors == 0
