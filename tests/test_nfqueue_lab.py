@@ -29,7 +29,7 @@ from ctlab import enable_labels
 from nfkit.conntrack import Conntrack
 from nfkit.lab import Lab, LabError
 from nfkit.netlink.socket import NETLINK_CAP_ACK, NETLINK_NO_ENOBUFS, SOL_NETLINK
-from nfkit.nfqueue import ACCEPT, Flag, Queue, QueuedPacket, Server, SkbInfo, Verdict, aio
+from nfkit.nfqueue import ACCEPT, Action, Flag, Queue, QueuedPacket, Server, SkbInfo, Verdict, aio
 from nfkit.nfqueue.verdict import encode_verdict, queue_prefix
 
 pytestmark = pytest.mark.lab
@@ -565,3 +565,35 @@ def test_connection_mark_bits_and_labels_from_verdicts(lab: Lab) -> None:
             (flow,) = [f for f in ct.dump() if f.orig is not None and f.orig.sport == 5555]
         assert flow.mark == 0x135 and flow.label_bits == {3, 70}
         assert queue.stats.ct_update_errors == 0
+
+
+def exchange(lab: Lab, queue: Queue, verdict: Verdict) -> int:
+    """One UDP packet to port 9000 through ``queue`` with ``verdict``; how many arrived."""
+    result: dict[str, Any] = {}
+    sender = threading.Thread(
+        target=lambda: result.update(lab.udp(lab.a, "192.0.2.2", 9000, recv=True, timeout=3))
+    )
+    sender.start()
+    (packet,) = wait_packets(queue, 1)
+    packet.decide(verdict)
+    queue.flush()
+    sender.join(timeout=30)
+    return int(result["received"])
+
+
+def test_queue_to_a_queue_nobody_serves_with_and_without_bypass(lab: Lab) -> None:
+    with udp_queue(lab) as queue:
+        assert exchange(lab, queue, Verdict.to_queue(7, bypass=True)) == 1
+        assert exchange(lab, queue, Verdict.to_queue(7)) == 0
+        assert queue.stats.count(Action.QUEUE) == 2 and not queue.stats.verdict_errors
+
+
+def test_stop_skips_the_later_hook_functions(lab: Lab) -> None:
+    # Queued in mangle INPUT; filter INPUT (a later hook function) drops the packet.
+    nfqueue_rule(lab, "-p", "udp", "--dport", "9000", table="mangle")
+    lab.iptables(lab.b, "-A", "INPUT", "-p", "udp", "--dport", "9000", "-j", "DROP")
+    with lab.entered(lab.b):
+        queue = Queue(0)
+    with queue:
+        assert exchange(lab, queue, ACCEPT) == 0
+        assert exchange(lab, queue, Verdict.stop()) == 1
