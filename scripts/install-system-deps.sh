@@ -19,6 +19,12 @@ if [ "$profile" = test ]; then
     have setpriv || need="$need util-linux"
     have nfcapd || need="$need nfdump"
     have nfacct || need="$need nfacct"
+    # Database tests start their own servers; ulogd2's database plugins are the reference.
+    [ -d /usr/lib/postgresql ] || need="$need postgresql"
+    have mariadbd || need="$need mariadb-server"
+    have mariadb || need="$need mariadb-client"
+    [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_PGSQL.so ] || need="$need ulogd2-pgsql"
+    [ -e /usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_MYSQL.so ] || need="$need ulogd2-mysql"
 fi
 if [ "$profile" = bench ]; then
     # NetfilterQueue (the NFQUEUE benchmark's reference) builds against these.
@@ -30,8 +36,16 @@ if [ -n "$need" ]; then
     export DEBIAN_FRONTEND=noninteractive
     # tshark asks whether non-root users may capture; answer no.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+    # Packages must not start services (database servers) in this namespace:
+    # the tests start their own, in temporary directories.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $need >/dev/null
+    [ -z "$own_policy" ] || rm -f "$policy"
 fi
 # Where an init system runs, Debian starts ulogd2 after installing it; stop
 # that service (never other ulogd processes: tests run their own in labs).

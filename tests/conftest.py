@@ -7,6 +7,9 @@ parametrize indirectly::
 
     @pytest.mark.parametrize("lab", [{"router": True}], indirect=True)
     def test_forwarding(lab): ...
+
+``postgres`` and ``mariadb``: throwaway database servers, one per session
+(see tests/dbservers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dbservers import mariadb, postgres
 from nfkit.lab import Lab, unavailable_reason
 from nfkit.logd.loop import EventLoop
 from nfkit.logd.plugins import json_output
@@ -47,3 +51,6 @@ def loop() -> Iterator[EventLoop]:
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Network outputs retry a connection after 50 ms (then twice as long each time)."""
     monkeypatch.setattr(json_output.LineSender, "retry_interval", 0.05)
+
+
+__all__ = ["mariadb", "postgres"]  # fixtures defined in dbservers
