@@ -1,0 +1,1 @@
+"""The database output layer shared by PGSQL, MYSQL, DBI and SQLITE3."""
