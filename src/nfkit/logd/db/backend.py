@@ -294,9 +294,12 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def prepare(self, statement: Statement) -> None:
+    def prepare(self, statement: Statement) -> Sequence[Column]:
         """Check and compile ``statement`` for the following writes (connected).
 
+        Returns what each value goes to, in order: ``statement.columns``, or
+        for a function or procedure its arguments with their types when the
+        database tells them (the values are converted for these types).
         Raises DatabaseMisconfigured (no such function or table, wrong number
         of arguments) or DatabaseUnreachable.
         """
