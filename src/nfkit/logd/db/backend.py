@@ -269,11 +269,13 @@ class Backend(abc.ABC):
 
     #: The DBI ``dbtype`` naming this backend (``pgsql``, ``mysql``, ``sqlite3``).
     dbtype: ClassVar[str] = ""
-    #: How the database folds unquoted names.
-    fold: ClassVar[Callable[[str], str]] = staticmethod(str)
 
     def __init__(self, params: ConnectParams) -> None:
         self.params = params
+
+    def fold(self, name: str) -> str:
+        """How the database folds an unquoted name (PostgreSQL: to lower case)."""
+        return name
 
     @abc.abstractmethod
     def connect(self) -> None:
