@@ -167,7 +167,7 @@ class MariaDBBackend(Backend):
         self._connection: Any = None
         self._literals = Literals()
         self._prefix = ""
-        self._per_row: tuple[str, str] | None = None
+        self._per_row: str | None = None  # CALL/SELECT routine
 
     # -- connection ----------------------------------------------------------------
 
@@ -226,8 +226,8 @@ class MariaDBBackend(Backend):
             )
         return [Column(name, kind.lower()) for name, kind in rows]
 
-    def prepare(self, statement: Statement) -> None:
-        target = statement.target.render(quote_identifier, str)  # names keep their case
+    def prepare(self, statement: Statement) -> Sequence[Column]:
+        target = statement.target.render(quote_identifier, self.fold)
         if statement.kind in (StatementKind.INSERT, StatementKind.INSERT_INTO):
             names = ",".join(quote_identifier(column.name) for column in statement.columns)
             # Fails with "no such table/column" now rather than with the first batch.
@@ -235,20 +235,21 @@ class MariaDBBackend(Backend):
             self._prefix = statement.sql(quote_identifier, "%s").partition(" VALUES ")[0]
             self._prefix += " VALUES "
             self._per_row = None
-            return
+            return statement.columns
         routine = "FUNCTION" if statement.kind is StatementKind.FUNCTION else "PROCEDURE"
-        self._check_routine(statement.target, routine, len(statement.columns))
-        verb = "SELECT " if routine == "FUNCTION" else "CALL "
-        self._per_row = (verb + target, ";")
+        arguments = self._arguments(statement.target, routine, len(statement.columns))
+        self._per_row = ("SELECT " if routine == "FUNCTION" else "CALL ") + target
+        return arguments
 
-    def _check_routine(self, name: Name, routine: str, arguments: int) -> None:
+    def _arguments(self, name: Name, routine: str, expected: int) -> list[Column]:
+        """The arguments of a stored function or procedure, checked against the columns."""
         schema = name.parts[0] if len(name.parts) == 2 else None
         found = self._query(
-            "SELECT COUNT(p.ORDINAL_POSITION) FROM information_schema.ROUTINES r "
+            "SELECT p.PARAMETER_NAME, p.DTD_IDENTIFIER FROM information_schema.ROUTINES r "
             "LEFT JOIN information_schema.PARAMETERS p ON p.SPECIFIC_SCHEMA = r.ROUTINE_SCHEMA "
             "AND p.SPECIFIC_NAME = r.ROUTINE_NAME AND p.ORDINAL_POSITION > 0 "
             "WHERE r.ROUTINE_SCHEMA = COALESCE(%s, DATABASE()) AND r.ROUTINE_NAME = %s "
-            "AND r.ROUTINE_TYPE = %s GROUP BY r.ROUTINE_NAME",
+            "AND r.ROUTINE_TYPE = %s ORDER BY p.ORDINAL_POSITION",
             (schema, name.last, routine),
         )
         shown = ".".join(name.parts)
@@ -261,14 +262,16 @@ class MariaDBBackend(Backend):
                 "(INSERT writes the table directly)",
                 option="procedure",
             )
-        if found[0][0] != arguments:
+        arguments = [Column(name, (kind or "").lower()) for name, kind in found if name]
+        if len(arguments) != expected:
             raise DatabaseMisconfigured(
-                f"{routine.lower()} {shown!r} takes {found[0][0]} arguments, but the "
-                f"table gives {arguments} columns after the first",
+                f"{routine.lower()} {shown!r} takes {len(arguments)} arguments, but the "
+                f"table gives {expected} columns after the first",
                 "use the table or view that matches the routine (ulogd2: table=\"ulog\" "
                 "for INSERT_PACKET_FULL)",
                 option="table",
             )
+        return arguments
 
     # -- writing ------------------------------------------------------------------------
 
@@ -297,7 +300,7 @@ class MariaDBBackend(Backend):
                 at_row = _AT_ROW.search(error.reason)
                 if self._per_row is None and at_row:
                     error.index = done + int(at_row.group(1)) - 1
-                elif self._per_row is not None and self._per_row[0].startswith("SELECT"):
+                elif self._per_row is not None and self._per_row.startswith("SELECT"):
                     error.index = done + results
             if not isinstance(error, DatabaseUnreachable):
                 self._rollback()
@@ -322,18 +325,18 @@ class MariaDBBackend(Backend):
             if values:
                 chunks.append((prefix + ",".join(values), len(values)))
             return chunks
-        call, separator = self._per_row
+        call = self._per_row
         calls: list[str] = []
         size = 0
         for index, row in enumerate(rows):
             text = call + row_literal(row, index)
             if calls and size + len(text) + 1 > limit:
-                chunks.append((separator.join(calls), len(calls)))
+                chunks.append((";".join(calls), len(calls)))
                 calls, size = [], 0
             calls.append(text)
             size += len(text) + 1
         if calls:
-            chunks.append((separator.join(calls), len(calls)))
+            chunks.append((";".join(calls), len(calls)))
         return chunks
 
     def _row_literal(self, row: Sequence[Any], index: int) -> str:
