@@ -323,6 +323,7 @@ class Run:
     cpu_us: float  # the consumer's user+sys CPU µs per verdict
     sys_us: float  # of which in the kernel
     offered: float  # packets that reached the queue per verdict (> 1: more than it answered)
+    cpu_share: float  # the consumer's CPU time per second (1: it had its CPU to itself)
     # the whole run
     sent: int
     sender_pps: float
@@ -394,11 +395,11 @@ def run_one(lab: Lab, contender: str, handler: str, seconds: float, warmup: floa
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=5)
-    answered = last.verdicts - first.verdicts
+    answered, elapsed = last.verdicts - first.verdicts, last.time - first.time
     user, system = last.user - first.user, last.system - first.system
-    return Run(contender, handler, answered / (last.time - first.time),
-               (user + system) * 1e6 / answered, system * 1e6 / answered,
-               (last.offered - first.offered) / answered, int(sent["sent"]), sent["pps"],
+    return Run(contender, handler, answered / elapsed, (user + system) * 1e6 / answered,
+               system * 1e6 / answered, (last.offered - first.offered) / answered,
+               (user + system) / elapsed, int(sent["sent"]), sent["pps"],
                reached, final.verdicts, accepted, final.counters.dropped,
                final.counters.user_dropped, load)
 
@@ -427,7 +428,7 @@ def median_range(values: Sequence[float], digits: int) -> str:
 def table(runs: list[Run]) -> str:
     head = ("| handler | consumer | verdicts/s | CPU µs / verdict (of which kernel) "
             "| verdicts/s vs NetfilterQueue | CPU / verdict vs NetfilterQueue "
-            "| offered / answered | sent | sender's rate | verdicts "
+            "| offered / answered | consumer's CPU share | sent | sender's rate | verdicts "
             "| lost: queue full + socket full + fail-open | other load before |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for handler in HANDLERS:
@@ -446,7 +447,8 @@ def table(runs: list[Run]) -> str:
                 f"| {handler} | {contender} | {median_range([r.pps for r in mine], 0)} "
                 f"| {median_range([r.cpu_us for r in mine], 2)} "
                 f"({statistics.median(r.sys_us for r in mine):.2f}) | {speed} | {cost} "
-                f"| {median_range([r.offered for r in mine], 2)} | {sent:,} "
+                f"| {median_range([r.offered for r in mine], 2)} "
+                f"| {median_range([100 * r.cpu_share for r in mine], 0)} % | {sent:,} "
                 f"| {statistics.median(r.sender_pps for r in mine):,.0f}/s "
                 f"| {sum(r.verdicts for r in mine):,} "
                 f"| {100 * sum(lost) / sent:.0f} %: {lost[0]:,} + {lost[1]:,} + {lost[2]:,} "
@@ -520,7 +522,8 @@ def main() -> int:
                                   args.patience)
                     runs.append(run)
                     print(f"#{repeat + 1} {contender} {handler}: {run.pps:,.0f} verdicts/s, "
-                          f"{run.cpu_us:.2f} µs CPU/verdict ({run.sys_us:.2f} sys), offered "
+                          f"{run.cpu_us:.2f} µs CPU/verdict ({run.sys_us:.2f} sys, CPU share "
+                          f"{100 * run.cpu_share:.0f} %), offered "
                           f"{run.offered:.2f} x; sent {run.sent:,} at {run.sender_pps:,.0f}/s, "
                           f"verdicts {run.verdicts:,}, queue full {run.queue_dropped:,}, "
                           f"socket full {run.user_dropped:,}, fail-open {run.fail_open} "
