@@ -76,13 +76,16 @@ def map_columns(
     columns: Sequence[Column],
     available: dict[str, Key],
     first: FirstColumn,
-    table: str,
+    source: str,
     where: str,
 ) -> Mapping:
-    """Map every active column to a key of ``available``; ConfigError names a bad column."""
+    """Map every active column to a key of ``available``; ConfigError names a bad column.
+
+    ``source`` names the table in messages (``table 'pkt' in 'file.db'``).
+    """
     if not columns:
         raise ConfigError(
-            f"table {table!r} has no columns", where, "create the table or view with its columns"
+            f"{source} has no columns", where, "create the table or view with its columns"
         )
     active = list(columns)
     if first is FirstColumn.SKIPPED or (
@@ -93,12 +96,12 @@ def map_columns(
     for column in active:
         key = column_key(column.name, available)
         if key is None:
-            raise unmapped(column.name, table, where, available)
+            raise unmapped(column.name, source, where, available)
         chosen.append(key)
     return Mapping(tuple(active), tuple(chosen))
 
 
-def unmapped(column: str, table: str, where: str, available: dict[str, Key]) -> ConfigError:
+def unmapped(column: str, source: str, where: str, available: dict[str, Key]) -> ConfigError:
     """The error for a column that matches no key of the stack."""
     wanted = column.replace("_", ".")
     providers = providers_of(wanted)
@@ -110,7 +113,7 @@ def unmapped(column: str, table: str, where: str, available: dict[str, Key]) -> 
     else:
         fix = "no plugin provides such a key: drop or rename the column"
     return ConfigError(
-        f"column {column!r} of {table!r} matches no key of the stack (it would be {wanted!r})",
+        f"column {column!r} of {source} matches no key of the stack (it would be {wanted!r})",
         where,
         fix
         + "; keys available here, as column names: "

@@ -31,8 +31,10 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nfkit.logd.db.backend import Column
+from nfkit.logd.db.columns import FirstColumn, map_columns
 from nfkit.logd.errors import ConfigError, StartError
-from nfkit.logd.keys import Event, Key, KeyType
+from nfkit.logd.keys import Event, KeyType
 from nfkit.logd.plugin import ERROR, DataType, Option, Plugin, Role
 from nfkit.logd.plugins._wildcard import upstream_keys
 from nfkit.logd.registry import register
@@ -68,15 +70,6 @@ def table_columns(path: str, table: str) -> list[str]:
         return [column[0] for column in cursor.description or ()]
     finally:
         connection.close()
-
-
-def column_key(column: str, available: dict[str, Key]) -> Key | None:
-    """The key a column stores: ulogd2's ``_`` -> ``.``, else a key spelt with ``_``."""
-    key = available.get(column.replace("_", "."))
-    if key is not None:
-        return key
-    spelt = [k for name, k in available.items() if name.replace(".", "_") == column]
-    return spelt[0] if len(spelt) == 1 else None
 
 
 def storable(value: Any) -> Any:
@@ -122,26 +115,19 @@ class SQLITE3(Plugin):
                 "create the table first (e.g. sqlite3 FILE < /usr/share/doc/ulogd2/sqlite3.table), "
                 "check db= and table=",
             ) from None
-        available = {key.name: key for key in upstream_keys(upstream)}
-        chosen: list[Key] = []
-        for column in columns:
-            key = column_key(column, available)
-            if key is None:
-                raise ConfigError(
-                    f"column {column!r} of table {table!r} in {path!r} matches no key of the "
-                    f"stack (it would be {column.replace('_', '.')!r})",
-                    self.settings.where("table"),
-                    "drop or rename the column, or add the plugin that provides the key; "
-                    "keys available here, as column names: "
-                    + ", ".join(name.replace(".", "_") for name in available),
-                )
-            chosen.append(key)
-        self.columns = columns
-        self.names = tuple(key.name for key in chosen)
-        self.address_slots = tuple(
-            index for index, key in enumerate(chosen) if key.type is KeyType.IPADDR
+        mapping = map_columns(
+            [Column(name) for name in columns],
+            {key.name: key for key in upstream_keys(upstream)},
+            FirstColumn.WRITTEN,
+            f"table {table!r} in {path!r}",
+            self.settings.where("table"),
         )
-        self.inputs = tuple({key.name: key for key in chosen}.values())
+        self.columns = columns
+        self.names = mapping.names
+        self.address_slots = tuple(
+            index for index, key in enumerate(mapping.keys) if key.type is KeyType.IPADDR
+        )
+        self.inputs = mapping.inputs
         self.sql = (
             f"insert into {table} ({', '.join(map(quote_identifier, columns))}) "
             f"values ({', '.join('?' * len(columns))})"
