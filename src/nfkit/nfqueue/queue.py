@@ -165,7 +165,7 @@ class Queue:
         self._backlog: list[QueuedPacket] = []
         self._last_id = 0
         self._loop_thread = threading.get_ident()
-        self._throttle = Throttle()
+        self._throttle = Throttle(f"NFQUEUE queue {number}")
         self._netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:

@@ -70,7 +70,7 @@ class VerdictSender:
         self._uniform: Verdict | None = None
         self._uniform_mark: int | None = None
         self._ct_later: list[tuple[QueuedPacket, Verdict]] = []
-        self._throttle = Throttle()
+        self._throttle = Throttle(f"NFQUEUE queue {queue_num}")
 
     def __len__(self) -> int:
         return len(self._items)

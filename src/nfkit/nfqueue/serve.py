@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ class Server:
         self.name = handler_name(self.handler)
         self.workers = workers
         self._stopping = threading.Event()
-        self._throttle = Throttle()
+        self._throttle = Throttle(f"handler {self.name}")
 
     def handle(self, packet: QueuedPacket) -> None:
         """Run the handler on ``packet`` and give (or defer) its verdict."""
@@ -95,7 +96,7 @@ class Server:
             logging.ERROR,
             f"handler {self.name} raised on packet {packet.id} of queue {queue.number}; "
             f"gave it the default verdict ({queue.default})",
-            exc_info=error or True,
+            error=error or sys.exc_info()[1],
         )
         queue.decide(packet, queue.default)
 
