@@ -13,6 +13,7 @@ usage: nfkit <command> [options]
 
 commands:
   conntrack  the conntrack-tools 1.4.7 command line (nfkit conntrack -h)
+  db         create the database schemas of logd's SQL outputs (nfkit db init -h)
   demo       build a throwaway lab, log real traffic to SQLite and a text file, summarise
   logd       the ulogd2-compatible logging daemon (nfkit logd -h)
   queue      serve NFQUEUE queues with a Python handler (nfkit queue -h)
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nfkit.cli.queue import main as queue_main
 
         return queue_main(rest)
+    if command == "db":
+        from nfkit.cli.db import main as db_main
+
+        return db_main(rest)
     if command == "demo":
         from nfkit.cli.demo import main as demo_main
 
