@@ -32,6 +32,7 @@ from nfkit.logd.db.schemas import MYSQL, PGSQL, SQLITE3, Schema, schema_for, sta
 PROG = "nfkit db"
 CONNECT_TIMEOUT = 10
 FAILED = 2
+MYSQL_DUPLICATE_ENTRY = 1062
 
 DSN_FORMS = (
     "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, a libpq conninfo "
@@ -215,10 +216,10 @@ def _init_mysql(target: Target, schema: Schema, warn: Callable[[str], None]) -> 
         with connection.cursor() as cursor:
             for statement in statements(schema.sql()):
                 cursor.execute(statement)
-                for level, _code, message in _warnings(cursor):
-                    if "already exists" in message:
-                        existing += 1
-                    else:
+                for level, code, message in _warnings(cursor):
+                    existing += "already exists" in message
+                    # Notes come from IF [NOT] EXISTS, 1062 from INSERT IGNORE of known rows.
+                    if level != "Note" and code != MYSQL_DUPLICATE_ENTRY:
                         warn(f"{level}: {message}")
         connection.commit()
     except pymysql.Error as exc:
