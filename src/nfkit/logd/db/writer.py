@@ -33,6 +33,8 @@ from nfkit.logd.db.backend import (
 )
 from nfkit.logd.db.spool import Row, Spool, decode
 
+NOTICE = 25  # the daemon's NOTICE level (ulogd's 5)
+
 
 @dataclass(frozen=True)
 class WriterSettings:
@@ -274,8 +276,8 @@ class Writer:
                 self._outage(exc, [])
             return None, True
         if failing:
-            self.log.info(
-                "%s: connected to %s again; writing %d spooled rows first",
+            self.log.log(
+                NOTICE, "%s: connected to %s again; writing %d spooled rows first",
                 self.name, self.where, self.spool.rows,
             )
         return backend, False
