@@ -184,7 +184,20 @@ def test_file_spool_keeps_order_across_restarts(tmp_path: Path) -> None:
     assert read_all(again) == [[i, "x", b"\x00\xff", None, True] for i in range(1, 5)]
     assert not again and again.size == 0
     again.close()
-    assert not [name for name in os.listdir(tmp_path) if name.startswith("pg1.")]
+    assert sorted(os.listdir(tmp_path)) == ["pg1.lock"]
+
+
+def test_two_instances_of_one_id_take_their_own_spools(tmp_path: Path) -> None:
+    first = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
+    second = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
+    assert (first.name, second.name) == ("pg1", "pg1@2")
+    first.append(["first"])
+    second.append(["second"])
+    first.close()
+    second.close()
+    # Whichever instance comes first after a restart replays either spool.
+    again = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
+    assert read_all(again) == [["first"]]
 
 
 def test_file_spool_is_bounded(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ class DatabaseOutput(BatchPlugin):
                     columns,
                     {key.name: key for key in upstream_keys(upstream)},
                     self.first_column,
-                    f"table {self.settings['table']!r} of {self.params.describe()}",
+                    f"table {self.settings['table']!r} in {self.params.describe()}",
                     where_table,
                 )
                 self.statement = Statement.parse(

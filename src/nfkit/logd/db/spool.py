@@ -22,6 +22,8 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +40,7 @@ _HEADER = struct.Struct(">II")  # payload length, CRC-32 of the payload
 _MAGIC = b"NFKIT-SPOOL 1\n"
 _WRITE_AT = 64 * 1024
 _FIRST_SEQUENCE = 10**9  # room below for rows put back in front
+MAX_SHARING = 64  # instances of one id (in as many stacks) sharing a spool directory
 _READ_LIMIT = 64 << 20  # a batch of rows never comes near this
 
 
@@ -189,10 +192,10 @@ class FileSpool(Spool):
     ) -> None:
         super().__init__(max_bytes)
         self.directory = directory
-        self.name = name
         self.log = log or logging.getLogger("nfkit.logd")
         self.segment_bytes = max(1 << 20, min(64 << 20, max_bytes // 8))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._lock_fd, self.name = self._claim(name)
         self._segments: list[_Segment] = []
         self._pending = bytearray()
         self._fd: int | None = None  # of the last segment, appending
@@ -200,6 +203,25 @@ class FileSpool(Spool):
         self._load()
 
     # -- start-up -------------------------------------------------------------
+
+    def _claim(self, name: str) -> tuple[int, str]:
+        """Lock the first free spool of ``name``: ``name``, ``name@2``...
+
+        The same instance id in several stacks makes several instances with
+        the same options: each takes its own spool; any of them may replay
+        what another left (they write the same rows to the same table).
+        """
+        for number in range(1, MAX_SHARING + 1):
+            candidate = name if number == 1 else f"{name}@{number}"
+            path = os.path.join(self.directory, candidate + ".lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return fd, candidate
+        raise OSError(errno.EBUSY, f"{MAX_SHARING} spools of {name} are in use already")
 
     def _load(self) -> None:
         pattern = re.compile(re.escape(self.name) + r"\.(\d+)\.spool")
@@ -383,3 +405,6 @@ class FileSpool(Spool):
     def close(self) -> None:
         self.flush()
         self._close_fd(sync=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
