@@ -61,22 +61,32 @@ class QueuedPacket:
     a handler.
     """
 
-    __slots__ = ("_data", "_decoded", "_spans", "deadline", "family", "hook", "hw_protocol", "id",
-                 "queue")  # fmt: skip
+    __slots__ = ("_data", "_decoded", "_spans", "deadline", "id", "queue")
 
-    def __init__(
-        self, queue: Queue, data: bytes, packet_id: int, hw_protocol: int, hook: int
-    ) -> None:
+    def __init__(self, queue: Queue, data: bytes, packet_id: int) -> None:
         self.queue = queue
         self._data = data
         self.id = packet_id
-        self.hw_protocol = hw_protocol
-        self.hook = hook
-        self.family = data[16]
         #: When the queue gives the default verdict (monotonic seconds), or None.
         self.deadline: float | None = None
         self._spans: dict[int, tuple[int, int]] | None = None
         self._decoded: Packet | None = None
+
+    # The fixed fields are read on access: most handlers never look at them.
+
+    @property
+    def family(self) -> int:
+        """The netfilter family (2 IPv4, 10 IPv6, 7 bridge...)."""
+        return self._data[16]
+
+    @property
+    def hook(self) -> int:
+        return self._data[30]
+
+    @property
+    def hw_protocol(self) -> int:
+        """The ethertype (0x0800 for IPv4, 0x86DD for IPv6)."""
+        return int(_BE16.unpack_from(self._data, 28)[0])
 
     # -- verdicts ----------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ from nfkit.nfqueue.verdict import DROP, U32, Verdict, queue_prefix
 
 #: First bytes of a packet message: length, type; then the first attribute's header.
 _FIRST = struct.Struct("=IH14xHH")
-_PACKET_HDR = struct.Struct("!IHB")
+_PACKET_ID = struct.Struct("!I")
 _CMD = struct.Struct("!BxH")
 _PARAMS = struct.Struct("!IB")
 _HALF = 0x80000000
@@ -341,14 +341,14 @@ class Queue:
         if len(data) >= 32:
             length, mtype, hdr_len, hdr_type = _FIRST.unpack_from(data)
             if mtype == MSG_PACKET and hdr_type == 1 and hdr_len >= 11 and length <= len(data):
-                packet_id, hw_protocol, hook = _PACKET_HDR.unpack_from(data, 24)
+                (packet_id,) = _PACKET_ID.unpack_from(data, 24)
                 last = self._last_id
                 if packet_id != (last + 1) & U32 and last:
                     gap = (packet_id - last - 1) & U32
                     if gap < _HALF:
                         self.stats.id_gaps += gap
                 self._last_id = packet_id
-                packet = QueuedPacket(self, data, packet_id, hw_protocol, hook)
+                packet = QueuedPacket(self, data, packet_id)
                 self._outstanding[packet_id] = packet
                 packets.append(packet)
                 return

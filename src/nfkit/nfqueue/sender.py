@@ -100,7 +100,6 @@ class VerdictSender:
             ):
                 self._ct_later.append((packet, verdict))
         items.append((packet.id, verdict, mark))
-        self._stats.verdicts[verdict.action] += 1
 
     def flush(self, waiting: Collection[int] = ()) -> None:
         """Send the collected verdicts; ``waiting``: ids of packets still without one."""
@@ -112,6 +111,7 @@ class VerdictSender:
         if uniform is not None and self.batch and len(items) > 1:
             top = newest([item[0] for item in items])
             if not any((top - other) & U32 < _HALF for other in waiting):
+                self._stats.verdicts[uniform.action] += len(items)
                 message = self._batch_message(top, uniform, self._uniform_mark)
                 self._send_datagram(message, batches=1)
                 return
@@ -133,9 +133,11 @@ class VerdictSender:
         tail = self._simple_tail
         prefix = self._prefix
         with_ct = self.ct_updater is None
+        counts = self._stats.verdicts
         parts: list[bytes] = []
         size = 0
         for packet_id, verdict, mark in items:
+            counts[verdict.action] += 1
             if mark is None and verdict.simple and verdict.priority is None:
                 message = (
                     pack_header(32, MSG_VERDICT, NLM_F_REQUEST, packet_id, 0)

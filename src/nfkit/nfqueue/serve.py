@@ -111,6 +111,8 @@ class Server:
                     self._loop(lambda packet: pool.submit(self.handle, packet))
                 finally:
                     pool.shutdown(cancel_futures=True)
+        elif len(self.queues) == 1:
+            self._serve_alone(self.queues[0])
         else:
             self._loop(self.handle)
 
@@ -133,6 +135,22 @@ class Server:
             for queue in self.queues:
                 for packet in queue.receive(0):
                     dispatch(packet)
+
+    def _serve_alone(self, queue: Queue) -> None:
+        """:meth:`handle` inlined for one queue served in its loop thread (the hot path)."""
+        stopping, receive, handler = self._stopping.is_set, queue.receive, self.handler
+        apply = queue._apply  # the loop thread's own way to decide
+        while not stopping():
+            for packet in receive():
+                try:
+                    result = handler(packet)
+                except Exception:
+                    self.failed(packet)
+                    continue
+                if result.__class__ is Verdict:
+                    apply(packet, result)
+                else:
+                    self.resolve(packet, result)
 
     def _next_wait(self) -> float:
         """Seconds until the earliest deadline of any queue (at most a tick)."""

@@ -61,7 +61,7 @@ class QueueStats:
     queue: int
     #: packets read from the socket
     received: int = 0
-    #: verdicts given, by action (index: Action value)
+    #: verdicts sent, by action (index: Action value)
     verdicts: list[int] = field(default_factory=lambda: [0] * 6)
     #: datagrams of verdicts sent, and how many were one VERDICT_BATCH
     sends: int = 0
