@@ -45,7 +45,7 @@ from nfkit.logd.db.backend import (
 
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 DEFAULT_PORT = 3306
-DRIVER_FIX = "install the MariaDB/MySQL driver: pip install 'nfkit[mysql]' (PyMySQL)"
+DRIVER_FIX = "pip install 'nfkit[mysql]' (PyMySQL), or apt install python3-pymysql"
 
 # Server error numbers (mysqld_error.h) by what the writer should do about them.
 _CREDENTIALS = {1044, 1045, 1698, 1251}  # access denied (database, user, unix_socket auth)
