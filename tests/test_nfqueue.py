@@ -318,6 +318,64 @@ def test_every_attribute_is_on_the_packet() -> None:
     queue.close()
 
 
+def some_packets() -> list[tuple[int, bytes]]:
+    """(family, packet) of every kind ``QueuedPacket.ports`` tells apart."""
+    v4, v6 = socket.AF_INET, socket.AF_INET6
+
+    def tcp(src: str, dst: str) -> bytes:
+        return build_tcp(1000, 22, 1, 0, 2, 100, b"x", src, dst)
+
+    def udp(src: str, dst: str) -> bytes:
+        return build_udp(53, 5353, b"q", src, dst)
+
+    hop_by_hop = bytes([17, 0]) + bytes(6)
+    return [
+        (v4, build_ipv4(SRC, DST, 6, tcp(SRC, DST))),
+        (v4, build_ipv4(SRC, DST, 17, udp(SRC, DST))),
+        (v4, build_ipv4(SRC, DST, 1, build_icmp_echo(1, 2))),
+        (v6, build_ipv6(SRC6, DST6, 6, tcp(SRC6, DST6))),
+        (v6, build_ipv6(SRC6, DST6, 17, udp(SRC6, DST6))),
+        (v6, build_ipv6(SRC6, DST6, 0, hop_by_hop + udp(SRC6, DST6))),
+        (v4, build_ipv4(SRC, DST, 132, bytes(range(12)))),
+        (v4, build_ipv4(SRC, DST, 17, udp(SRC, DST), flags_frag=0x2000)),  # a first fragment
+        (v4, build_ipv4(SRC, DST, 17, udp(SRC, DST), flags_frag=0x0010)),  # a later one
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(some_packets()),
+    st.integers(0, 80),
+    st.lists(st.tuples(st.integers(0, 79), st.integers(0, 255)), max_size=3),
+    st.sampled_from([socket.AF_INET, socket.AF_INET6, 7]),
+)
+def test_ports_say_what_the_headers_say(
+    sample: tuple[int, bytes], cut: int, changes: list[tuple[int, int]], family: int
+) -> None:
+    own_family, data = sample
+    data = bytearray(data[: max(cut, 1)])
+    for at, value in changes:
+        if at < len(data):
+            data[at] = value
+    queue, kernel = open_queue()
+    for fam in (own_family, family):
+        (packet,) = received(queue, kernel, packet_message(1, bytes(data), family=fam))
+        assert packet.ports == packet._ports_from_headers()
+        packet.decide(ACCEPT)
+    queue.close()
+
+
+def test_ports_of_common_packets() -> None:
+    queue, kernel = open_queue()
+    messages = [packet_message(i, data, family=fam) for i, (fam, data) in enumerate(some_packets())]
+    packets = received(queue, kernel, *messages)
+    assert [p.ports for p in packets] == [
+        (6, 1000, 22), (17, 53, 5353), None, (6, 1000, 22), (17, 53, 5353), (17, 53, 5353),
+        (132, 1, 515), (17, 53, 5353), None,
+    ]  # fmt: skip
+    queue.close()
+
+
 def test_absent_attributes_are_none_and_mark_priority_zero() -> None:
     queue, kernel = open_queue()
     (packet,) = received(queue, kernel, packet_message(1, payload=None, pad=True))

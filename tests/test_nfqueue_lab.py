@@ -453,6 +453,7 @@ def test_packet_attributes_from_the_kernel(lab: Lab) -> None:
         assert arrived.uid is None and arrived.mark == 0 and not arrived.truncated
         udp = arrived.headers.l4
         assert udp is not None and udp.dport == 9000 and len(arrived.headers.payload) == 100
+        assert arrived.ports == (17, udp.sport, 9000)
         assert arrived.headers.ip is not None and arrived.headers.ip.src == bytes([192, 0, 2, 1])
 
 

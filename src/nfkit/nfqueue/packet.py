@@ -40,13 +40,32 @@ from nfkit.nfqueue.const import (
     CtInfo,
     SkbInfo,
 )
-from nfkit.packet import Packet, decode
+from nfkit.packet import (
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPPROTO_UDPLITE,
+    NFPROTO_IPV4,
+    NFPROTO_IPV6,
+    SCTP,
+    TCP,
+    UDP,
+    Packet,
+    decode,
+)
 
 if TYPE_CHECKING:
     from nfkit.nfqueue.queue import Queue
     from nfkit.nfqueue.verdict import Verdict
 
 _BE16 = struct.Struct("!H")
+_PORTS = struct.Struct("!HH")
+_IPV4_LENGTH_FRAG = struct.Struct("!H2xH")
+#: L4 protocols with ports, and their header sizes (what nfkit.packet needs to decode them).
+_PORT_HEADERS = {IPPROTO_TCP: TCP.SIZE, IPPROTO_UDP: UDP.SIZE, IPPROTO_UDPLITE: UDP.SIZE,
+                 IPPROTO_SCTP: SCTP.SIZE}  # fmt: skip
+#: IPv6 next headers decoding steps over (AH included) before the L4 header.
+_IPV6_EXTENSIONS = frozenset((0, 43, 44, 51, 60))
 _BE32 = struct.Struct("!I")
 _TIMESTAMP = struct.Struct("!QQ")
 
@@ -132,6 +151,49 @@ class QueuedPacket:
         if decoded is None:
             decoded = self._decoded = decode(self.payload or b"", self.family, self.hw_protocol)
         return decoded
+
+    @property
+    def ports(self) -> tuple[int, int, int] | None:
+        """``(protocol, sport, dport)`` of TCP, UDP, UDP-Lite and SCTP packets, else None.
+
+        What :attr:`headers` says, read straight from the payload without
+        decoding it (a fraction of the cost) unless IPv6 extension headers
+        are in the way.
+        """
+        span = self._span(ATTR_PAYLOAD)
+        if span is None:
+            return None
+        data, start, size = self._data, span[0], span[1] - span[0]
+        if size < 20:
+            return self._ports_from_headers()
+        version, family = data[start] >> 4, data[16]
+        if version == 4 and family == NFPROTO_IPV4:
+            header_length = (data[start] & 15) * 4
+            total_length, flags_frag = _IPV4_LENGTH_FRAG.unpack_from(data, start + 2)
+            if header_length < 20 or flags_frag & 0x1FFF:
+                return None  # a bogus header, or a later fragment: no L4 header
+            protocol = data[start + 9]
+            end = total_length if header_length <= total_length <= size else size
+        elif version == 6 and family == NFPROTO_IPV6 and size >= 40:
+            protocol, header_length = data[start + 6], 40
+            end = 40 + _BE16.unpack_from(data, start + 4)[0]
+            end = end if 40 < end <= size else size
+        else:
+            return self._ports_from_headers()
+        need = _PORT_HEADERS.get(protocol)
+        if need is None:
+            return self._ports_from_headers() if protocol in _IPV6_EXTENSIONS else None
+        if header_length + need > end:
+            return None  # the L4 header is cut short
+        sport, dport = _PORTS.unpack_from(data, start + header_length)
+        return protocol, sport, dport
+
+    def _ports_from_headers(self) -> tuple[int, int, int] | None:
+        headers = self.headers
+        l4 = headers.l4
+        if headers.l4_protocol is None or not isinstance(l4, TCP | UDP | SCTP):
+            return None
+        return headers.l4_protocol, l4.sport, l4.dport
 
     @property
     def mark(self) -> int:
