@@ -179,7 +179,8 @@ def _init_pgsql(target: Target, schema: Schema, warn: Callable[[str], None]) -> 
         if diagnostic.severity_nonlocalized == "NOTICE":
             existing += "already exists" in (diagnostic.message_primary or "")
         else:
-            warn(f"{diagnostic.severity}: {diagnostic.message_primary}")
+            hint = f"\n  fix: {diagnostic.message_hint}" if diagnostic.message_hint else ""
+            warn(f"{diagnostic.severity}: {diagnostic.message_primary}{hint}")
 
     connection.add_notice_handler(notice)
     try:

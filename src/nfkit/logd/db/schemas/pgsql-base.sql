@@ -57,3 +57,34 @@ BEGIN
     EXECUTE 'DROP FUNCTION ' || old;
   END LOOP;
 END $$;
+
+-- Tables made by ulogd2's schema are kept as they are: say which of their
+-- columns are too narrow for some values (those rows would be rejected).
+DO $$
+DECLARE
+  narrow record;
+BEGIN
+  FOR narrow IN
+    SELECT table_name, column_name, data_type, character_maximum_length AS length
+    FROM information_schema.columns
+    WHERE table_schema = current_schema()
+      AND table_name IN ('ulog2', 'udp', 'sctp', 'icmp', 'nfacct')
+      AND ((column_name, data_type) IN (
+             ('ip_totlen', 'smallint'), ('ip_fragoff', 'smallint'), ('udp_len', 'smallint'),
+             ('sctp_csum', 'smallint'), ('icmp_fragmtu', 'smallint'),
+             ('oob_time_sec', 'integer'), ('oob_mark', 'integer'), ('icmp_gateway', 'integer'),
+             ('sum_pkts', 'integer'), ('sum_bytes', 'integer'))
+           OR (column_name = 'oob_prefix' AND character_maximum_length < 128))
+    ORDER BY table_name, ordinal_position
+  LOOP
+    RAISE WARNING 'column %.% is % (ulogd2''s schema): larger values will be rejected',
+      narrow.table_name, narrow.column_name,
+      narrow.data_type || COALESCE('(' || narrow.length || ')', '')
+      USING HINT = format('drop the views on %I, ALTER TABLE %I ALTER COLUMN %I TYPE %s, '
+                          'then run nfkit db init again', narrow.table_name, narrow.table_name,
+                          narrow.column_name,
+                          CASE WHEN narrow.column_name = 'oob_prefix' THEN 'text'
+                               WHEN narrow.data_type = 'integer' THEN 'bigint'
+                               ELSE 'integer' END);
+  END LOOP;
+END $$;
