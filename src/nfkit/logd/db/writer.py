@@ -160,8 +160,9 @@ class Writer:
             if not self._spooling:
                 room = self.settings.queue_rows - len(queue)
                 if len(rows) <= room:
+                    started = not queue  # the thread waits without a deadline until now
                     queue.extend(rows)
-                    if len(queue) >= self.settings.batch_size:
+                    if started or len(queue) >= self.settings.batch_size:
                         self._cond.notify()
                     return
                 queue.extend(rows[:room])
