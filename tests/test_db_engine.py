@@ -344,6 +344,17 @@ def test_batches_by_size_and_by_time(server: FakeServer, tmp_path: Path,
     assert writer.counters.written == 28 and writer.counters.spooled == 0
 
 
+def test_a_few_rows_after_an_idle_time_are_written(server: FakeServer, tmp_path: Path,
+                                                   writers: list[Writer]) -> None:
+    writer = new_writer(server, MemorySpool(0), tmp_path)
+    writers.append(writer)
+    writer.start()
+    wait_until(lambda: writer._thread.is_alive() and not writer._queue, "an idle writer")
+    time.sleep(0.1)  # the writer waits for rows now
+    writer.put(rows(0, 1))
+    wait_until(lambda: len(server.rows) == 1, "the row, after the batch timeout")
+
+
 def test_outage_spools_and_replays_in_order(server: FakeServer, tmp_path: Path,
                                             writers: list[Writer],
                                             caplog: pytest.LogCaptureFixture) -> None:
