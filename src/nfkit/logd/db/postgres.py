@@ -52,6 +52,15 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 _COPY_LINE = re.compile(r"\bline (\d+)")
+# A server that vanished without closing the TCP connection is noticed in
+# about 30 s instead of the kernel's 15 minutes (unix sockets ignore these).
+_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
+def _one_line(message: str) -> str:
+    """libpq's multi-line messages as one log line."""
+    return " ".join(message.split())
 
 
 def quote(name: str) -> str:
@@ -76,7 +85,7 @@ class PostgresBackend(Backend):
         params = self.params
         if params.connstring:
             return params.connstring
-        fields: dict[str, Any] = {"dbname": params.database}
+        fields: dict[str, Any] = {"dbname": params.database, **_DEAD_PEER}
         for name, value in (("host", params.host), ("port", params.port),
                             ("user", params.user), ("password", params.password)):
             if value:
@@ -92,7 +101,7 @@ class PostgresBackend(Backend):
             extra = {"connect_timeout": timeout} if timeout else {}
             self.connection = psycopg.connect(self.conninfo(), autocommit=False, **extra)
         except psycopg.Error as exc:
-            message = redact(str(exc), params)
+            message = _one_line(redact(str(exc), params))
             if "FATAL:" in message and not _TRANSIENT.search(message):
                 raise DatabaseMisconfigured(
                     message,
@@ -241,7 +250,7 @@ class PostgresBackend(Backend):
 
     def _classify(self, exc: Exception) -> DatabaseError:
         """The typed error for a psycopg error; rolls back, or closes a broken connection."""
-        message = redact(str(exc).strip(), self.params)
+        message = _one_line(redact(str(exc), self.params))
         connection = self.connection
         state = getattr(exc, "sqlstate", None) or ""
         if connection is None or connection.broken or connection.closed:
