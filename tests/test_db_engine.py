@@ -243,6 +243,8 @@ class FakeServer:
                         Column("ip_saddr", "inet")]
         self.hang = threading.Event()
         self.misconfigured: DatabaseMisconfigured | None = None
+        #: successful writes before the server goes down (None: never)
+        self.down_after: int | None = None
         self.lock = threading.Lock()
 
     def values(self, index: int = 0) -> list[Any]:
@@ -287,6 +289,9 @@ class FakeBackend(Backend):
         with server.lock:
             server.rows.extend(list(row) for row in rows)
             server.batches.append(len(rows))
+        if server.down_after is not None:
+            server.down_after -= 1
+            server.up = server.down_after > 0
 
 
 def fake_backend(server: FakeServer) -> type[FakeBackend]:
@@ -410,6 +415,23 @@ def test_refused_rows_go_to_the_reject_file(server: FakeServer, tmp_path: Path,
     assert '"reason": "value 13 does not fit"' in lines[0]
     assert '"row": {"n": 13, "text": "row 13"}' in lines[0]
     assert '"n": 99' in lines[2] and '"table": "t"' in lines[2]
+
+
+def test_an_outage_while_a_refused_row_is_searched(server: FakeServer, tmp_path: Path,
+                                                   writers: list[Writer]) -> None:
+    server.refused_values = {"7"}
+    server.down_after = 1  # the first half of the batch gets in, then the server goes
+    writer = new_writer(server, FileSpool(str(tmp_path), "pg1", 1 << 20, LOG), tmp_path)
+    writers.append(writer)
+    writer.start()
+    writer.put(rows(0, 10))
+    wait_until(lambda: writer.spool.rows == 5, "the rest of the batch in the spool")
+    server.down_after = None
+    server.up = True
+    wait_until(lambda: len(server.rows) == 9, "the rest, once back")
+    writer.stop()
+    assert server.values() == [0, 1, 2, 3, 4, 5, 6, 8, 9]  # once each; 7 is in the reject file
+    assert writer.counters.rejected == 1
 
 
 def test_full_spool_drops_counts_and_reports(server: FakeServer, tmp_path: Path,

@@ -17,6 +17,7 @@ When the spool is full, rows are dropped, counted and reported.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -52,6 +53,15 @@ class WriterSettings:
 
 #: seconds stop() waits beyond ``stop_timeout`` for a write in progress
 STOP_GRACE = 5.0
+
+
+class Unfinished(Exception):
+    """The database failed in the middle of a batch; ``rows`` are not stored yet."""
+
+    def __init__(self, error: DatabaseError, rows: list[Row]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.rows = rows
 
 
 class RejectFile:
@@ -259,10 +269,15 @@ class Writer:
             rows, from_spool = batch
             try:
                 self._store(backend, [decode(r) for r in rows] if from_spool else rows)
-            except DatabaseError as exc:
+            except Unfinished as stop:
                 backend.close()
                 backend, failing = None, True
-                self._outage(exc, [] if from_spool else rows)
+                done = len(rows) - len(stop.rows)
+                if from_spool:
+                    with self._cond:
+                        if not self._abandoned:
+                            self.spool.consume(rows[:done])
+                self._outage(stop.error, [] if from_spool else rows[done:])
                 continue
             with self._cond:
                 self._in_flight = []
@@ -340,27 +355,34 @@ class Writer:
             self._dropped_mark = self.counters.dropped
 
     def _store(self, backend: Backend, rows: list[Row]) -> None:
-        """Write rows; a refused row is found by halving and goes to the reject file."""
-        if not rows:
-            return
-        try:
-            backend.write(rows)
-        except RowRejected as exc:
-            if len(rows) == 1:
-                self.counters.rejected += 1
-                self.rejects.write(rows[0], exc.reason)
-                return
-            index = exc.index
-            if index is not None and 0 <= index < len(rows):
-                self._store(backend, rows[:index])
-                self._store(backend, rows[index : index + 1])
-                self._store(backend, rows[index + 1 :])
-            else:
-                half = len(rows) // 2
-                self._store(backend, rows[:half])
-                self._store(backend, rows[half:])
-            return
-        self.counters.written += len(rows)
+        """Write rows; a refused row is found by splitting and goes to the reject file.
+
+        Raises Unfinished with the rows not handled yet when the database fails:
+        the rows before them are stored or rejected.
+        """
+        work: collections.deque[list[Row]] = collections.deque([rows])
+        while work:
+            part = work.popleft()
+            if not part:
+                continue
+            try:
+                backend.write(part)
+            except RowRejected as exc:
+                if len(part) == 1:
+                    self.counters.rejected += 1
+                    self.rejects.write(part[0], exc.reason)
+                    continue
+                index = exc.index
+                if index is not None and 0 <= index < len(part):
+                    pieces = [part[:index], part[index : index + 1], part[index + 1 :]]
+                else:
+                    half = len(part) // 2
+                    pieces = [part[:half], part[half:]]
+                work.extendleft(reversed(pieces))
+                continue
+            except DatabaseError as exc:
+                raise Unfinished(exc, [row for piece in (part, *work) for row in piece]) from exc
+            self.counters.written += len(part)
 
     def _outage(self, exc: DatabaseError, batch: list[Row]) -> None:
         """The database went away: every row in memory goes to the spool, in order."""
