@@ -371,18 +371,14 @@ class MariaDBBackend(Backend):
         """The backend error for a driver error; closes the connection when it broke."""
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         text = redact(str(exc.args[1]) if len(exc.args) > 1 else str(exc), self.params)
-        where = self.params.describe()
         if code in _CREDENTIALS:
-            return DatabaseMisconfigured(
-                f"{where}: {text}", "check user= and pass= (and the user's grants)", "pass"
-            )
+            return DatabaseMisconfigured(text, "check user= and pass= (and the user's grants)",
+                                         "pass")  # fmt: skip
         if code == _UNKNOWN_DATABASE:
-            return DatabaseMisconfigured(
-                f"{where}: {text}", "create the database or check db=", "db"
-            )
+            return DatabaseMisconfigured(text, "create the database or check db=", "db")
         if code in _MISCONFIGURED:
-            return DatabaseMisconfigured(f"{where}: {text}", "check table= and procedure=")
+            return DatabaseMisconfigured(text, "check table= and procedure=")
         if code in _ROW_REJECTED and not connecting:
             return RowRejected(text)
         self.close()
-        return DatabaseUnreachable(f"{where}: {text}" if text else f"{where}: connection lost")
+        return DatabaseUnreachable(text or "connection lost")
