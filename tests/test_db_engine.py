@@ -29,6 +29,7 @@ from nfkit.logd.db.backend import (
     StatementKind,
     redact,
 )
+from nfkit.logd.db.backend import quote_identifier as quote
 from nfkit.logd.db.columns import FirstColumn, default_converter, map_columns
 from nfkit.logd.db.output import COMMON_OPTIONS, SPOOL_OPTIONS, DatabaseOutput
 from nfkit.logd.db.spool import FileSpool, MemorySpool, decode
@@ -47,10 +48,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # -- statements ------------------------------------------------------------------------------

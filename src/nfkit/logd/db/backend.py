@@ -34,6 +34,11 @@ from typing import Any, ClassVar
 from nfkit.logd.keys import Key
 
 
+def quote_identifier(name: str) -> str:
+    """An SQL identifier in standard double quotes (PostgreSQL, SQLite)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class DatabaseError(Exception):
     """Base of the backend errors; ``str()`` is safe to log (no password)."""
 

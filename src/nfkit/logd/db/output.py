@@ -70,6 +70,16 @@ COMMON_OPTIONS = (
     Option("ring_buffer_size", int, 0),
 )
 
+#: The connection options of PGSQL and DBI (MYSQL makes more of them mandatory).
+CONNECTION_OPTIONS = (
+    Option("db", str, "", mandatory=True),
+    Option("host", str, ""),
+    Option("user", str, "", mandatory=True),
+    Option("pass", str, ""),
+    Option("port", int, 0),
+    Option("schema", str, "public"),
+)
+
 #: nfkit's additions, after the driver's options.
 SPOOL_OPTIONS = (
     Option("spool_dir", str, "/var/spool/nfkit", help="on-disk spool directory; '' for memory"),

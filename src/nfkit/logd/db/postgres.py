@@ -33,6 +33,7 @@ from nfkit.logd.db.backend import (
     StatementKind,
     redact,
 )
+from nfkit.logd.db.backend import quote_identifier as quote
 
 try:
     import psycopg
@@ -61,10 +62,6 @@ _DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 def _one_line(message: str) -> str:
     """libpq's multi-line messages as one log line."""
     return " ".join(message.split())
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class PostgresBackend(Backend):

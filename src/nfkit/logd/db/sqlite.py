@@ -24,14 +24,11 @@ from nfkit.logd.db.backend import (
     Statement,
     StatementKind,
 )
+from nfkit.logd.db.backend import quote_identifier as quote
 
 BUSY_TIMEOUT = 1.0
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError,
                UnicodeEncodeError, ValueError)
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class SqliteBackend(Backend):

@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 from nfkit.logd.db.backend import Backend
 from nfkit.logd.db.columns import FirstColumn
-from nfkit.logd.db.output import COMMON_OPTIONS, SPOOL_OPTIONS, DatabaseOutput
+from nfkit.logd.db.output import (
+    COMMON_OPTIONS,
+    CONNECTION_OPTIONS,
+    SPOOL_OPTIONS,
+    DatabaseOutput,
+)
 from nfkit.logd.db.sqlite import SqliteBackend
 from nfkit.logd.errors import ConfigError
 from nfkit.logd.plugin import Option
@@ -37,12 +42,7 @@ class DBI(DatabaseOutput):
     first_column = FirstColumn.SKIPPED
     options = (
         *COMMON_OPTIONS,
-        Option("db", str, "", mandatory=True),
-        Option("host", str, ""),
-        Option("user", str, "", mandatory=True),
-        Option("pass", str, ""),
-        Option("port", int, 0),
-        Option("schema", str, "public"),
+        *CONNECTION_OPTIONS,
         Option("dbtype", str, "", mandatory=True),
         *SPOOL_OPTIONS,
     )

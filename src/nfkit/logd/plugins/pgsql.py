@@ -13,7 +13,12 @@ from __future__ import annotations
 from nfkit.logd.db import postgres
 from nfkit.logd.db.backend import Backend
 from nfkit.logd.db.columns import FirstColumn
-from nfkit.logd.db.output import COMMON_OPTIONS, SPOOL_OPTIONS, DatabaseOutput
+from nfkit.logd.db.output import (
+    COMMON_OPTIONS,
+    CONNECTION_OPTIONS,
+    SPOOL_OPTIONS,
+    DatabaseOutput,
+)
 from nfkit.logd.errors import ConfigError
 from nfkit.logd.plugin import Option
 from nfkit.logd.registry import register
@@ -34,12 +39,7 @@ class PGSQL(DatabaseOutput):
     first_column = FirstColumn.UNDERSCORE
     options = (
         *COMMON_OPTIONS,
-        Option("db", str, "", mandatory=True),
-        Option("host", str, ""),
-        Option("user", str, "", mandatory=True),
-        Option("pass", str, ""),
-        Option("port", int, 0),
-        Option("schema", str, "public"),
+        *CONNECTION_OPTIONS,
         Option("connstring", str, ""),
         *SPOOL_OPTIONS,
     )

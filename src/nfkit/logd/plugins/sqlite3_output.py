@@ -31,7 +31,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nfkit.logd.db.backend import Column
+from nfkit.logd.db.backend import Column, quote_identifier
 from nfkit.logd.db.columns import FirstColumn, map_columns
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event, KeyType
@@ -51,10 +51,6 @@ _BAD_ROW = (
 _STORABLE = (int, float, str, bytes, type(None))
 INT64_MAX = 2**63 - 1
 SQLITE_READONLY_DBMOVED = 1032
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def table_columns(path: str, table: str) -> list[str]:
