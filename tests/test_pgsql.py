@@ -79,12 +79,18 @@ def connection_options(postgres: Postgres, database: str) -> dict[str, Any]:
 def configured(postgres: Postgres, database: str, tmp_path: Path, table: str, procedure: str,
                upstream: Sequence[str] = PACKET_STACK, name: str = "PGSQL",
                **options: Any) -> Any:
-    """An instance configured at the end of ``upstream`` (not started)."""
+    """A PostgreSQL instance configured at the end of ``upstream`` (not started)."""
+    return configured_plugin(name, tmp_path, upstream, **(
+        connection_options(postgres, database) | {"table": table, "procedure": procedure}
+        | options))
+
+
+def configured_plugin(name: str, tmp_path: Path, upstream: Sequence[str] = PACKET_STACK,
+                      **options: Any) -> Any:
+    """An instance of output ``name`` configured at the end of ``upstream`` (not started)."""
     cls = plugins()[name]
-    values = {opt.name: opt.default for opt in cls.options} | connection_options(
-        postgres, database
-    ) | {"table": table, "procedure": procedure, "spool_dir": str(tmp_path / "spool"),
-         "batch_timeout_ms": 20} | options
+    values = {opt.name: opt.default for opt in cls.options} | {
+        "spool_dir": str(tmp_path / "spool"), "batch_timeout_ms": 20} | options
     context = Context(None, LOG)
     plugin = cls("pg1", Settings("pg1", values, {}), context)
     chain: list[Plugin] = [plugins()[n](n.lower(), Settings("x", {}, {}), context)
@@ -223,6 +229,22 @@ def test_dbi_with_pgsql_and_sqlite3(postgres: Postgres, database: str, tmp_path:
     with pytest.raises(ConfigError, match="SQLite has no stored functions"):
         configured(postgres, database, tmp_path, "pkt", "INSERT_PACKET_FULL", name="DBI",
                    dbtype="sqlite3", db=str(path))
+
+
+def test_dbi_with_mysql(mariadb: Any, tmp_path: Path) -> None:
+    pytest.importorskip("pymysql")
+    mariadb.sql("DROP DATABASE IF EXISTS dbi_test; CREATE DATABASE dbi_test; "
+                "CREATE TABLE dbi_test.pkt (id INT AUTO_INCREMENT PRIMARY KEY, "
+                "oob_prefix VARCHAR(32), ip_saddr_str VARCHAR(40), tcp_dport INT)")
+    try:
+        plugin = configured_plugin(
+            "DBI", tmp_path, db="dbi_test", host=mariadb.socket, user="root", table="pkt",
+            procedure="INSERT", dbtype="mysql")
+        write(plugin, [tcp4_event(), tcp6_event()])
+        assert mariadb.sql("SELECT * FROM pkt", "dbi_test").splitlines() == [
+            "1\tTCP-IN: \t192.168.1.10\t80", "2\tV6\t2001:db8::1\t443"]
+    finally:
+        mariadb.sql("DROP DATABASE IF EXISTS dbi_test")
 
 
 # -- bad input at start-up ----------------------------------------------------------------------
