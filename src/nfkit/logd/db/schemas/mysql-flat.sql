@@ -63,9 +63,9 @@ INSERT IGNORE INTO ip_proto (_proto_id, proto_name, proto_desc) VALUES
   (132, 'sctp', 'Stream Control Transmission Protocol'),
   (136, 'udplite', 'UDP-Lite');
 
--- One row per packet. Indexes on protocol columns index the NULLs of other
--- protocols too (InnoDB has no partial index), so only ports and addresses
--- are indexed.
+-- One row per packet. Only the addresses are indexed: every index costs
+-- more per row than the row itself. docs/databases.md has the statements
+-- that add ulogd2's port and MAC address indexes.
 CREATE TABLE IF NOT EXISTS ulog2 (
   _id bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,
   oob_time_sec int unsigned DEFAULT NULL,
@@ -128,15 +128,7 @@ CREATE TABLE IF NOT EXISTS ulog2 (
   icmpv6_echoseq smallint unsigned DEFAULT NULL,
   icmpv6_csum int unsigned DEFAULT NULL,
   KEY ip_saddr (ip_saddr_bin),
-  KEY ip_daddr (ip_daddr_bin),
-  KEY mac_saddr (mac_saddr_str),
-  KEY mac_daddr (mac_daddr_str),
-  KEY tcp_sport (tcp_sport),
-  KEY tcp_dport (tcp_dport),
-  KEY udp_sport (udp_sport),
-  KEY udp_dport (udp_dport),
-  KEY sctp_sport (sctp_sport),
-  KEY sctp_dport (sctp_dport)
+  KEY ip_daddr (ip_daddr_bin)
 ) ENGINE=InnoDB COMMENT='IP packets';
 
 -- An address of a binary(16) column as text: ::ffff:192.0.2.1, 2001:db8::1.
