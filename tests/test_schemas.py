@@ -793,6 +793,16 @@ def test_mariadb_wrong_password_and_unreachable(mysql_flat: dict[str, Any], mari
     assert PASSWORD not in err and QUOTED not in err
 
 
+def test_mariadb_password_from_the_environment(
+    mysql_flat: dict[str, Any], mariadb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MYSQL_PWD", PASSWORD)
+    dsn = f"mysql://schemas@127.0.0.1:{mariadb.port}/schemas_flat"
+    status, out, err = run_db("init", "--flat", "--dsn", dsn)
+    assert (status, err) == (0, "")
+    assert "schema ready in schemas@127.0.0.1" in out
+
+
 def test_mariadb_refuses_a_normalized_database(mariadb: Any) -> None:
     mariadb.sql(
         "DROP DATABASE IF EXISTS schemas_norm; CREATE DATABASE schemas_norm;"

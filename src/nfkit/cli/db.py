@@ -18,6 +18,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import urllib.parse
@@ -199,7 +200,8 @@ def _init_mysql(target: Target, schema: Schema, warn: Callable[[str], None]) -> 
     pymysql = _driver(MYSQL)
     options: dict[str, Any] = {
         "user": target.user,
-        "password": target.password,
+        # As the mariadb client: a password kept out of the command line (ps).
+        "password": target.password or os.environ.get("MYSQL_PWD", ""),
         "database": target.database,
         "connect_timeout": CONNECT_TIMEOUT,
         "charset": "utf8mb4",
