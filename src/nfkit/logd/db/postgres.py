@@ -95,7 +95,7 @@ class PostgresBackend(Backend):
         params = self.params
         timeout = max(1, round(params.timeout)) if params.timeout else None
         try:
-            extra = {"connect_timeout": timeout} if timeout else {}
+            extra: dict[str, Any] = {"connect_timeout": timeout} if timeout else {}
             self.connection = psycopg.connect(self.conninfo(), autocommit=False, **extra)
         except psycopg.Error as exc:
             message = _one_line(redact(str(exc), params))
