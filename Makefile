@@ -44,6 +44,11 @@ bench-nfct: deps
 	$(BIN)/python -m compileall -q src/nfkit
 	$(BIN)/python bench/nfct_bench.py
 
+.PHONY: bench-db
+bench-db: deps
+	$(BIN)/python -m compileall -q src/nfkit
+	$(BIN)/python bench/db_bench.py
+
 # NetfilterQueue (the reference) is a benchmark dependency only; it builds against
 # Debian's libnetfilter-queue-dev.
 .PHONY: bench-queue
