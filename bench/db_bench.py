@@ -17,19 +17,26 @@ datagrams (64-byte payload) at a fixed rate for ``--seconds`` to b, where
 ``-j NFLOG`` logs each one and ``-j DROP`` discards it. The sender is pinned
 to CPU 0, the daemon to CPU 1; the database server runs unpinned.
 
-For each daemon the rate steps up (``--rates``, per set-up) until a step
-loses packets. A step is *lossless* when the rows in the database equal the
-packets the kernel handed to the NFLOG rule (iptables counter), counted once
-the daemon stopped writing after the traffic and again after its SIGTERM.
-Reported per step: the sender's real rate, packets logged by the kernel,
-rows, lost, how long after the traffic the last row arrived (a daemon that
-keeps up needs about its flush interval; one that buffers needs longer),
-the daemon's and the database server's CPU per row, and the machine's other
-load before the step.
+For each daemon the rate steps up (``--rates-<set-up>``) until a step loses
+packets. A step is *lossless* when the rows in the database equal the packets
+the kernel handed to the NFLOG rule (iptables counter), counted once the
+daemon stopped writing after the traffic and again after its SIGTERM. Both
+daemons can hold a backlog (ulogd in its socket buffer, nfkit also in its
+queue and spool), so a short step can be lossless at a rate a daemon does not
+sustain: a step is *kept up* when, besides, the last row arrived at most
+``KEPT_UP`` seconds after the traffic. Reported per step: the sender's real
+rate, packets logged by the kernel, rows, lost, when the last row arrived,
+the daemon's CPU per row (for nfkit, the part spent in its writer thread),
+the database server's CPU per row and the machine's other load before the
+step. The servers commit durably (their defaults; the tests turn that off).
 
     python bench/db_bench.py [--scenarios pgsql-normalized,pgsql-flat,mariadb-flat]
-                             [--seconds 20] [--rates-<scenario> 1000,2000,...]
-                             [--schemas nfkit|debian] [--output docs/benchmarks.md | --no-write]
+                             [--seconds 20] [--rates-<set-up> 1000,2000,...]
+                             [--tuned KEY=VALUE ...] [--schemas nfkit|debian]
+                             [--output docs/benchmarks.md | --no-write]
+
+``--tuned ring_buffer_size=100000`` adds a third daemon: nfkit with that
+line in the output's section.
 
 Needs root (network namespaces, the servers run as their system users),
 Debian's ulogd2 with its PGSQL and MYSQL plugins, PostgreSQL and MariaDB.
@@ -46,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,19 +275,28 @@ def schema_sql(scenario: Scenario, source: str) -> str:
 # -- one step ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """A daemon of the comparison: the program and extra lines of the output's section."""
+
+    label: str
+    program: str  # "ulogd" or "nfkit" (reference.DaemonRun)
+    options: tuple[str, ...] = ()
+
+
 @dataclass
 class Step:
     """One daemon, one rate, one burst of ``seconds``."""
 
-    kind: str
+    daemon: Daemon
     rate: float
     sent: int
     sender_pps: float
     reached: int  # packets the kernel handed to the NFLOG rule
     rows: int  # after SIGTERM
-    rows_at_settle: int  # once the rows stopped coming, before SIGTERM
     catch_up: float  # seconds from the end of the traffic to the last new row
     cpu: float  # daemon user+sys, from ready to settled
+    helper_cpu: float  # the part of it in threads other than the main one (nfkit's writer)
     server_cpu: float  # database server user+sys over the same time
     reported_loss: int
     load: float
@@ -302,24 +318,24 @@ class Step:
         return seconds * 1e6 / self.rows if self.rows else float("nan")
 
 
-def render_config(scenario: Scenario, server: Server, kind: str, database: str,
-                  workdir: Path, extra: Sequence[str]) -> str:
+def render_config(scenario: Scenario, server: Server, daemon: Daemon, database: str,
+                  workdir: Path) -> str:
     """The ulogd.conf of one step; only the group, database and directory vary by daemon."""
     stack = scenario.stack(server.output)
     names = [token.partition(":")[2] for token in stack.split(",")]
     lines = ["[global]", f'logfile="{workdir / "daemon.log"}"', "loglevel=3",
              *[f'plugin="{plugin_path(name)}"' for name in names], f"stack={stack}",
-             "", "[log1]", f"group={GROUPS[kind]}", *INPUT_OPTIONS,
+             "", "[log1]", f"group={GROUPS[daemon.program]}", *INPUT_OPTIONS,
              "", "[db1]", *server.options(database), f'table="{scenario.table}"',
              f'procedure="{scenario.procedure}"',
              f'spool_dir="{workdir / "spool"}"',  # nfkit's; ulogd 2.0.8 ignores what it lacks
-             *extra]  # fmt: skip
+             *daemon.options]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def settle(server: Server, database: str, daemon: DaemonRun, expected: int,
-           timeout: float) -> tuple[int, float]:
-    """Wait until the rows reach ``expected`` or stop growing; (rows, catch-up seconds)."""
+           timeout: float) -> float:
+    """Wait until the rows reach ``expected`` or stop growing; the catch-up seconds."""
     start = last_change = time.monotonic()
     rows = server.count(database, PACKET_TABLE)
     while rows < expected and time.monotonic() - start < timeout:
@@ -333,37 +349,53 @@ def settle(server: Server, database: str, daemon: DaemonRun, expected: int,
             time.sleep(POLL)
             if daemon.cpu_seconds() == busy:  # neither writing nor working: it gave up
                 break
-    return rows, last_change - start
+    return last_change - start
 
 
-def run_step(lab: Lab, server: Server, scenario: Scenario, kind: str, rate: float,
+def helper_threads_cpu(pid: int) -> float:
+    """user+sys of the threads of ``pid`` other than its main thread."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        if task.name == str(pid):
+            continue
+        try:
+            with open(f"{task.path}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return float(total / CLOCK_TICKS)
+
+
+def run_step(lab: Lab, server: Server, scenario: Scenario, daemon: Daemon, rate: float,
              seconds: float, schema: str, workdir: Path, args: argparse.Namespace) -> Step:
     load = background_load(args.patience)
-    database = f"bench_{kind}"
+    database = f"bench_{daemon.program}"
     server.reset(database, schema)
-    config = render_config(scenario, server, kind, database, workdir, args.nfkit_option)
-    daemon = DaemonRun(lab, lab.b, kind, workdir, config, wrapper=pin(1)).start(timeout=60)
+    config = render_config(scenario, server, daemon, database, workdir)
+    run = DaemonRun(lab, lab.b, daemon.program, workdir, config, wrapper=pin(1)).start(timeout=60)
     try:
-        server_cpu0 = server.cpu_seconds()
-        group = GROUPS[kind]
-        iptables_restore(lab, lab.b, rules(group))
-        packets = int(rate * seconds)
+        assert run.proc is not None
+        server_cpu0, helper_cpu0 = server.cpu_seconds(), helper_threads_cpu(run.proc.pid)
+        iptables_restore(lab, lab.b, rules(GROUPS[daemon.program]))
         argv = traffic_argv("udp-send", "--dst", str(lab.b.ip4), "--port", str(PORT),
-                            "--count", str(packets), "--size", "64", "--rate", str(rate))
+                            "--count", str(int(rate * seconds)), "--size", "64",
+                            "--rate", str(rate))  # fmt: skip
         output = lab.run(lab.a, *pin(0), *argv, timeout=seconds * 3 + 60).stdout
         sender = json.loads(output.splitlines()[-1])
         reached = sum(r.packets for r in lab.rule_counters(lab.b, "INPUT") if "NFLOG" in r.rule)
         iptables_restore(lab, lab.b, rules(None))
-        rows_at_settle, catch_up = settle(server, database, daemon, reached, args.drain_timeout)
-        cpu = daemon.cpu_seconds() - daemon.cpu_at_ready
+        catch_up = settle(server, database, run, reached, args.drain_timeout)
+        cpu = run.cpu_seconds() - run.cpu_at_ready
+        helper_cpu = helper_threads_cpu(run.proc.pid) - helper_cpu0
         server_cpu = server.cpu_seconds() - server_cpu0
-        exit_code = daemon.stop(timeout=args.drain_timeout)
-        rows = server.count(database, PACKET_TABLE)
-        return Step(kind, rate, sender["sent"], sender["pps"], reached, rows, rows_at_settle,
-                    catch_up, cpu, server_cpu, loss_report(kind, daemon.log_text()), load,
+        exit_code = run.stop(timeout=args.drain_timeout)
+        rows = server.count(database, PACKET_TABLE)  # SIGTERM may have flushed more
+        return Step(daemon, rate, sender["sent"], sender["pps"], reached, rows, catch_up, cpu,
+                    helper_cpu, server_cpu, loss_report(daemon.program, run.log_text()), load,
                     exit_code)
     finally:
-        daemon.kill()
+        run.kill()
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -383,42 +415,51 @@ def highest(steps: list[Step], passed: Callable[[Step], bool]) -> float:
     return best
 
 
-def table(steps: dict[str, list[Step]]) -> str:
+def table(steps: dict[Daemon, list[Step]]) -> str:
     head = ("| daemon | rate (pps) | sender's real rate | logged by the kernel | rows "
-            "| lost | last row after the traffic | daemon CPU µs / row | server CPU µs / row "
-            "| exit | other load before |")
+            "| lost | last row after the traffic | daemon CPU µs / row (writer thread) "
+            "| server CPU µs / row | exit | other load before |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for kind in ("ulogd", "nfkit"):
-        for s in steps.get(kind, []):
+    for daemon, runs in steps.items():
+        for s in runs:
             lost = f"{s.lost} ({100 * s.lost / s.reached:.1f} %)" if s.reached else "-"
+            helper = f" ({s.per_row(s.helper_cpu):.1f})" if s.helper_cpu else ""
             lines.append(
-                f"| {kind} | {rate_label(s.rate)} | {s.sender_pps:,.0f} | {s.reached} "
-                f"| {s.rows} | {lost} | {s.catch_up:.1f} s | {s.per_row(s.cpu):.1f} "
+                f"| {daemon.label} | {rate_label(s.rate)} | {s.sender_pps:,.0f} | {s.reached} "
+                f"| {s.rows} | {lost} | {s.catch_up:.1f} s | {s.per_row(s.cpu):.1f}{helper} "
                 f"| {s.per_row(s.server_cpu):.1f} | {s.exit_code} | {100 * s.load:.0f} % |")
     return "\n".join(lines)
 
 
-def summary(scenario: Scenario, steps: dict[str, list[Step]]) -> str:
-    def shown(kind: str, passed: Callable[[Step], bool]) -> tuple[float, str]:
-        runs = steps.get(kind, [])
-        rate = highest(runs, passed)
-        if not runs:
-            return rate, "not run"
-        if not rate:
-            return rate, "none of the rates tried"
-        top = " (the highest rate tried)" if passed(runs[-1]) else ""
-        return rate, f"{rate_label(rate)} pps{top}"
+CRITERIA: tuple[tuple[str, Callable[[Step], bool]], ...] = (
+    ("lossless", lambda step: step.lossless),
+    (f"kept up (lossless, last row <= {KEPT_UP:g} s after the traffic)",
+     lambda step: step.kept_up),
+)  # fmt: skip
 
+
+def summary(scenario: Scenario, steps: dict[Daemon, list[Step]]) -> str:
+    """The highest rates of each daemon and the target's verdict for each nfkit variant."""
+
+    def shown(runs: list[Step], passed: Callable[[Step], bool]) -> str:
+        rate = highest(runs, passed)
+        if not rate:
+            return "none of the rates tried"
+        return f"{rate_label(rate)} pps" + (" (the highest tried)" if passed(runs[-1]) else "")
+
+    reference = next((runs for daemon, runs in steps.items() if daemon.program == "ulogd"), [])
     lines = []
-    for what, passed in (("lossless", lambda step: step.lossless),
-                         (f"kept up (last row <= {KEPT_UP:g} s after the traffic)",
-                          lambda step: step.kept_up)):  # fmt: skip
-        (ulogd, ulogd_text), (nfkit, nfkit_text) = shown("ulogd", passed), shown("nfkit", passed)
-        ratio = f", {nfkit / ulogd:.1f} x ulogd's" if ulogd and nfkit else ""
-        lines.append(f"* highest rate {what}: ulogd {ulogd_text}, nfkit {nfkit_text}{ratio}")
-    best = {kind: highest(runs, lambda step: step.lossless) for kind, runs in steps.items()}
-    verdict = scenario.meets_target(best.get("ulogd", 0.0), best.get("nfkit", 0.0))
-    lines.append(f"* {'PASS' if verdict else 'FAIL'}: nfkit {scenario.target}")
+    for what, passed in CRITERIA:
+        found = [f"{daemon.label} {shown(runs, passed)}" for daemon, runs in steps.items()]
+        lines.append(f"* highest rate {what}: " + ", ".join(found))
+    ulogd = highest(reference, CRITERIA[0][1])
+    for daemon, runs in steps.items():
+        if daemon.program == "nfkit":
+            nfkit = highest(runs, CRITERIA[0][1])
+            ratio = f"; {nfkit / ulogd:.1f} x ulogd's" if ulogd and nfkit else ""
+            verdict = "PASS" if scenario.meets_target(ulogd, nfkit) else "FAIL"
+            lines.append(f"* {verdict}: {daemon.label} {scenario.target} "
+                         f"(lossless up to {rate_label(nfkit)} pps{ratio})")
     return "\n".join(lines) + "\n"
 
 
@@ -429,10 +470,17 @@ def parse_rates(text: str) -> tuple[float, ...]:
     return tuple(float(item) for item in text.split(",") if item)
 
 
+def daemons(args: argparse.Namespace) -> list[Daemon]:
+    chosen = [Daemon("ulogd", "ulogd"), Daemon("nfkit", "nfkit")]
+    if args.tuned:
+        chosen.append(Daemon(f"nfkit {' '.join(args.tuned)}", "nfkit", tuple(args.tuned)))
+    return [daemon for daemon in chosen if daemon.program in args.daemons.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--daemons", default="ulogd,nfkit")
+    parser.add_argument("--daemons", default="ulogd,nfkit", help="ulogd, nfkit or both")
     parser.add_argument("--seconds", type=float, default=20.0, help="traffic per step")
     for name, scenario in SCENARIOS.items():
         parser.add_argument(f"--rates-{name}", type=parse_rates, default=scenario.rates,
@@ -441,8 +489,8 @@ def main() -> int:
                         help="servers commit durably, their default (--no-durable: as the tests)")
     parser.add_argument("--schemas", choices=("nfkit", "debian"), default="nfkit",
                         help="whose SQL both daemons write to (default: nfkit db init's)")
-    parser.add_argument("--nfkit-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra line of the output's section (ulogd 2.0.8 ignores it)")
+    parser.add_argument("--tuned", action="append", default=[], metavar="KEY=VALUE",
+                        help="also run nfkit with this line in the output's section")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds to wait for rows after the traffic")
     parser.add_argument("--patience", type=float, default=5.0,
@@ -451,7 +499,6 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="only print the results")
     args = parser.parse_args()
     chosen = [SCENARIOS[name] for name in args.scenarios.split(",")]
-    daemons = args.daemons.split(",")
     stacks = [s.stack(OUTPUTS[s.server]) for s in chosen]
     reason = unavailable_reason() or missing_reference(stacks)
     if reason:
@@ -471,17 +518,17 @@ def main() -> int:
                 server = servers[scenario.server]
                 lab.env.update(server.env())
                 schema = schema_sql(scenario, args.schemas)
-                steps: dict[str, list[Step]] = {}
-                for kind in daemons:
-                    steps[kind] = []
+                steps: dict[Daemon, list[Step]] = {}
+                for index, daemon in enumerate(daemons(args)):
+                    steps[daemon] = []
                     for rate in getattr(args, f"rates_{scenario.name.replace('-', '_')}"):
-                        directory = workdir / f"{scenario.name}-{kind}-{rate:g}"
-                        step = run_step(lab, server, scenario, kind, rate, args.seconds,
+                        directory = workdir / f"{scenario.name}-{index}-{rate:g}"
+                        step = run_step(lab, server, scenario, daemon, rate, args.seconds,
                                         schema, directory, args)
-                        steps[kind].append(step)
-                        print(f"{scenario.name} {kind} {rate_label(rate)} pps: sent {step.sent} "
-                              f"at {step.sender_pps:,.0f} pps, kernel logged {step.reached}, "
-                              f"rows {step.rows} (lost {step.lost}), last row "
+                        steps[daemon].append(step)
+                        print(f"{scenario.name} {daemon.label} {rate_label(rate)} pps: sent "
+                              f"{step.sent} at {step.sender_pps:,.0f} pps, kernel logged "
+                              f"{step.reached}, rows {step.rows} (lost {step.lost}), last row "
                               f"{step.catch_up:.1f} s after the traffic, "
                               f"{step.per_row(step.cpu):.1f} µs CPU/row "
                               f"(server {step.per_row(step.server_cpu):.1f}), "
