@@ -164,6 +164,9 @@ class Queue:
         self._inbox: deque[tuple[QueuedPacket, Verdict | Deferred]] = deque()
         self._backlog: list[QueuedPacket] = []
         self._last_id = 0
+        self._accepted_in: Verdict | None = None
+        self._accepted_by: Mode | None = None
+        self._accepted_out = DROP
         self._loop_thread = threading.get_ident()
         self._throttle = Throttle(f"NFQUEUE queue {number}")
         self._netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -208,6 +211,7 @@ class Queue:
         self.portid = transport.portid
         self._conn = Connection(transport, on_unsolicited=self._early_message)
         self._sender = VerdictSender(self.number, transport.send, self.stats)
+        self._collect = self._sender.collected.append
 
     def _config(self, *attrs: bytes, operation: str) -> None:
         payload = queue_prefix(self.number) + b"".join(attrs)
@@ -481,10 +485,18 @@ class Queue:
             )
             verdict = self.default
         if transform and self.mode is not None and verdict.action is Action.ACCEPT:
-            verdict = self.mode.accepted(verdict)
+            verdict = self._accepted(self.mode, verdict)
         if self.on_pending is not None:
             self.on_pending()
-        self._sender.add(packet, verdict)
+        self._collect((packet, verdict))
+
+    def _accepted(self, mode: Mode, verdict: Verdict) -> Verdict:
+        """What ``mode`` makes of ACCEPT ``verdict`` (the last answer is kept: handlers
+        mostly return the same verdict object)."""
+        if verdict is not self._accepted_in or mode is not self._accepted_by:
+            self._accepted_in, self._accepted_by = verdict, mode
+            self._accepted_out = mode.accepted(verdict)
+        return self._accepted_out
 
     def _expire(self, now: float) -> float | None:
         """Give the default verdict to packets past their deadline; return the next deadline."""
@@ -512,7 +524,7 @@ class Queue:
 
     def flush(self) -> None:
         """Send the verdicts given so far (loop thread)."""
-        if len(self._sender):
+        if self._sender.collected:
             self._sender.flush(self._outstanding)
 
     @property

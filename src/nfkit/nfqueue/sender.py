@@ -5,13 +5,19 @@ handles each in turn). When every collected verdict is the same simple one
 (same action, same final mark and priority) and no other packet of the queue
 with a lower id still waits, a single ``VERDICT_BATCH`` message answers them
 all: the kernel applies it to every queued id up to the highest.
+
+Plain verdicts (an action and nothing else) are written into a preallocated
+datagram of VERDICT messages: only their sequence numbers, codes and packet
+ids change, three strided writes for all of them.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Collection
+import sys
+from array import array
+from collections.abc import Callable, Collection, Sequence
 
 from nfkit.netlink.codec import NLM_F_REQUEST, NLMSGHDR, attr_be32
 from nfkit.netlink.errors import NetlinkError
@@ -27,20 +33,38 @@ _BE_PAIR = struct.Struct("!II")
 #: Keep datagrams of new payloads below the default socket send buffer.
 MAX_DATAGRAM = 1 << 17
 _HALF = 0x80000000
+#: Plain VERDICT messages one datagram holds at most (32 bytes each).
+PLAIN_SLOTS = 1024
+_PLAIN_SIZE = 32
+# 32-bit words of a plain VERDICT message: nlmsghdr (length, type and flags, seq, port id),
+# nfgenmsg, the attribute header, then the verdict's code and packet id (big-endian).
+_WORDS = _PLAIN_SIZE // 4
+_SEQ, _CODE, _ID = 3, 6, 7
 
 
-def newest(ids: Collection[int]) -> int:
+def newest(ids: Sequence[int]) -> int:
     """The most recent of packet ids (they are 32-bit and wrap)."""
-    it = iter(ids)
-    top = next(it)
-    for packet_id in it:
+    top = max(ids)
+    if top - min(ids) < _HALF:
+        return top
+    for packet_id in ids:  # the ids wrapped around
         if (packet_id - top) & U32 < _HALF:
             top = packet_id
     return top
 
 
+def _big_endian(values: Sequence[int]) -> array[int]:
+    """32-bit words to write into a memoryview of unsigned ints, in network order."""
+    words = array("I", values)
+    if sys.byteorder == "little":
+        words.byteswap()
+    return words
+
+
 class VerdictSender:
     """Collects one queue's verdicts until :meth:`flush` sends them.
+
+    The queue appends ``(packet, verdict)`` to :attr:`collected`.
 
     Parameters:
         queue_num: the queue.
@@ -61,91 +85,105 @@ class VerdictSender:
     ) -> None:
         self.batch = batch
         self.ct_updater = ct_updater
+        #: Verdicts given since the last flush.
+        self.collected: list[tuple[QueuedPacket, Verdict]] = []
         self._send = send
         self._stats = stats
         self._prefix = queue_prefix(queue_num)
         self._simple_tail = self._prefix + _VERDICT_HDR_ATTR
-        self._items: list[tuple[int, Verdict, int | None]] = []
-        #: The simple verdict and final mark all collected ones share (None: they differ).
-        self._uniform: Verdict | None = None
-        self._uniform_mark: int | None = None
+        plain = NLMSGHDR.pack(_PLAIN_SIZE, MSG_VERDICT, NLM_F_REQUEST, 0, 0) + self._simple_tail
+        self._plain = bytearray((plain + bytes(8)) * PLAIN_SLOTS)
+        self._plain_words = memoryview(self._plain).cast("I")
+        self._plain_code: int | None = 0  # the code in every message of _plain (None: mixed)
         self._ct_later: list[tuple[QueuedPacket, Verdict]] = []
         self._throttle = Throttle(f"NFQUEUE queue {queue_num}")
 
     def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, packet: QueuedPacket, verdict: Verdict) -> None:
-        """Collect ``verdict`` for ``packet`` (sent at the next :meth:`flush`)."""
-        mark = verdict.mark
-        if mark is not None and verdict.mark_mask != U32:
-            mark = verdict.mark_for(packet.mark)
-        items = self._items
-        if verdict.simple:
-            if not items:
-                self._uniform, self._uniform_mark = verdict, mark
-            elif verdict is not self._uniform or mark != self._uniform_mark:
-                uniform = self._uniform
-                if not (
-                    uniform is not None
-                    and mark == self._uniform_mark
-                    and verdict.code == uniform.code
-                    and verdict.priority == uniform.priority
-                ):
-                    self._uniform = None
-        else:
-            self._uniform = None
-            if self.ct_updater is not None and (
-                verdict.ct_mark is not None or verdict.labels is not None
-            ):
-                self._ct_later.append((packet, verdict))
-        items.append((packet.id, verdict, mark))
+        return len(self.collected)
 
     def flush(self, waiting: Collection[int] = ()) -> None:
         """Send the collected verdicts; ``waiting``: ids of packets still without one."""
-        items = self._items
-        if not items:
+        collected = self.collected
+        if not collected:
             return
-        self._items = []
-        uniform = self._uniform
-        if uniform is not None and self.batch and len(items) > 1:
-            top = newest([item[0] for item in items])
-            if not any((top - other) & U32 < _HALF for other in waiting):
-                self._stats.verdicts[uniform.action] += len(items)
-                message = self._batch_message(top, uniform, self._uniform_mark)
-                self._send_datagram(message, batches=1)
+        packets, verdicts = zip(*collected, strict=True)
+        collected.clear()
+        first = verdicts[0]
+        counts = self._stats.verdicts
+        if verdicts.count(first) == len(verdicts):  # identical ones compare by identity first
+            counts[first.action] += len(verdicts)
+            if (
+                first.simple
+                and self.batch
+                and len(packets) > 1
+                and self._batch(packets, first, waiting)
+            ):
                 return
-        self._send_individual(items)
+            if first.plain:
+                self._send_plain(packets, first.code)
+                return
+        else:
+            for verdict in verdicts:
+                counts[verdict.action] += 1
+            if all(verdict.plain for verdict in verdicts):
+                self._send_plain(packets, [verdict.code for verdict in verdicts])
+                return
+        self._send_individual(packets, verdicts)
         if self._ct_later:
             self._update_connections()
 
-    def _batch_message(self, top: int, verdict: Verdict, mark: int | None) -> bytes:
+    def _batch(
+        self, packets: Sequence[QueuedPacket], verdict: Verdict, waiting: Collection[int]
+    ) -> bool:
+        """Answer ``packets`` with one VERDICT_BATCH if that answers no other packet."""
+        top = newest([packet.id for packet in packets])
+        if waiting and any((top - other) & U32 < _HALF for other in waiting):
+            return False
+        mark = verdict.mark
+        if mark is not None and verdict.mark_mask != U32:
+            marks = {verdict.mark_for(packet.mark) for packet in packets}
+            if len(marks) > 1:
+                return False  # the packets' own bits differ
+            (mark,) = marks
         body = self._simple_tail + _BE_PAIR.pack(verdict.code, top)
         if mark is not None:
             body += attr_be32(ATTR_MARK, mark)
         if verdict.priority is not None:
             body += attr_be32(ATTR_PRIORITY, verdict.priority)
-        return NLMSGHDR.pack(16 + len(body), MSG_VERDICT_BATCH, NLM_F_REQUEST, top, 0) + body
+        header = NLMSGHDR.pack(16 + len(body), MSG_VERDICT_BATCH, NLM_F_REQUEST, top, 0)
+        self._send_datagram(header + body, batches=1)
+        return True
 
-    def _send_individual(self, items: list[tuple[int, Verdict, int | None]]) -> None:
-        pack_header = NLMSGHDR.pack
-        pack_pair = _BE_PAIR.pack
-        tail = self._simple_tail
-        prefix = self._prefix
+    def _send_plain(self, packets: Sequence[QueuedPacket], codes: int | list[int]) -> None:
+        """VERDICT messages without options: ``codes`` is one code for all, or one each."""
+        words = self._plain_words
+        if isinstance(codes, int) and codes != self._plain_code:
+            words[_CODE::_WORDS] = _big_endian([codes]) * PLAIN_SLOTS
+            self._plain_code = codes
+        for start in range(0, len(packets), PLAIN_SLOTS):
+            end = min(len(packets), start + PLAIN_SLOTS)
+            ids = array("I", [packet.id for packet in packets[start:end]])
+            last = (end - start) * _WORDS
+            words[_SEQ:last:_WORDS] = ids  # the sequence number names the packet in errors
+            words[_ID:last:_WORDS] = _big_endian(ids)
+            if not isinstance(codes, int):
+                words[_CODE:last:_WORDS] = _big_endian(codes[start:end])
+                self._plain_code = None
+            self._send_datagram(bytes(self._plain[: (end - start) * _PLAIN_SIZE]))
+
+    def _send_individual(
+        self, packets: Sequence[QueuedPacket], verdicts: Sequence[Verdict]
+    ) -> None:
         with_ct = self.ct_updater is None
-        counts = self._stats.verdicts
         parts: list[bytes] = []
         size = 0
-        for packet_id, verdict, mark in items:
-            counts[verdict.action] += 1
-            if mark is None and verdict.simple and verdict.priority is None:
-                message = (
-                    pack_header(32, MSG_VERDICT, NLM_F_REQUEST, packet_id, 0)
-                    + tail
-                    + pack_pair(verdict.code, packet_id)
-                )
-            else:
-                message = encode_verdict(verdict, prefix, packet_id, mark, with_ct)
+        for packet, verdict in zip(packets, verdicts, strict=True):
+            mark = verdict.mark
+            if mark is not None and verdict.mark_mask != U32:
+                mark = verdict.mark_for(packet.mark)
+            if not with_ct and (verdict.ct_mark is not None or verdict.labels is not None):
+                self._ct_later.append((packet, verdict))
+            message = encode_verdict(verdict, self._prefix, packet.id, mark, with_ct)
             if size + len(message) > MAX_DATAGRAM and parts:
                 self._send_datagram(b"".join(parts))
                 parts, size = [], 0

@@ -82,6 +82,8 @@ class Verdict:
     code: int = field(init=False, repr=False, compare=False)
     #: Whether it changes only the packet mark and priority (VERDICT_BATCH can carry it).
     simple: bool = field(init=False, repr=False, compare=False)
+    #: Whether it is the action alone (the shortest VERDICT message).
+    plain: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         action = Action(self.action)
@@ -105,6 +107,7 @@ class Verdict:
         object.__setattr__(self, "action", action)
         object.__setattr__(self, "code", code)
         object.__setattr__(self, "simple", simple)
+        object.__setattr__(self, "plain", simple and self.mark is None and self.priority is None)
 
     # -- constructors ------------------------------------------------------------------
 
