@@ -56,6 +56,7 @@ from nfkit.nfqueue import (
     with_l4_payload,
 )
 from nfkit.nfqueue import queue as queue_module
+from nfkit.nfqueue import sender as sender_module
 from nfkit.nfqueue.ctupdate import flow_tuple
 from nfkit.nfqueue.layouts import AttributeLayouts
 from nfkit.nfqueue.stats import KernelCounters, read_kernel_counters
@@ -462,6 +463,19 @@ def test_a_learned_layout_is_not_taken_for_a_message_with_more_after_its_payload
 # -- verdicts ----------------------------------------------------------------------
 
 
+def count_sends(queue: Queue, kernel: Kernel) -> list[bytes]:
+    """The datagrams of verdicts the queue sends from now on."""
+    sends: list[bytes] = []
+    real_send = kernel.transport.send
+
+    def counting_send(data: bytes) -> None:
+        sends.append(data)
+        real_send(data)
+
+    queue._sender._send = counting_send
+    return sends
+
+
 def test_equal_verdicts_go_out_as_one_verdict_batch() -> None:
     queue, kernel = open_queue()
     for packet in received(queue, kernel, *(packet_message(i) for i in range(1, 5))):
@@ -477,14 +491,7 @@ def test_equal_verdicts_go_out_as_one_verdict_batch() -> None:
 
 def test_different_verdicts_go_out_together_in_one_datagram() -> None:
     queue, kernel = open_queue()
-    sends: list[bytes] = []
-    real_send = kernel.transport.send
-
-    def counting_send(data: bytes) -> None:
-        sends.append(data)
-        real_send(data)
-
-    queue._sender._send = counting_send
+    sends = count_sends(queue, kernel)
     verdicts = [ACCEPT, DROP, Verdict.to_queue(3, bypass=True), Verdict.stop(priority=2)]
     packets = received(queue, kernel, *(packet_message(i) for i in range(1, 5)))
     for packet, verdict in zip(packets, verdicts, strict=True):
@@ -499,6 +506,51 @@ def test_different_verdicts_go_out_together_in_one_datagram() -> None:
     ]
     assert queue.stats.count(Action.QUEUE) == 1 and queue.stats.batches == 0
     queue.close()
+
+
+def test_plain_verdicts_go_out_in_one_datagram_whatever_their_mix() -> None:
+    queue, kernel = open_queue(batch_verdicts=False)
+    sends = count_sends(queue, kernel)
+    codes = [Action.ACCEPT, Action.DROP, Action.ACCEPT, Action.REPEAT, Action.STOP]
+    packets = received(queue, kernel, *(packet_message(i) for i in range(1, 6)))
+    for packet, code in zip(packets, codes, strict=True):
+        packet.decide(Verdict(code))
+    queue.flush()
+    for packet in received(queue, kernel, packet_message(6), packet_message(7)):
+        packet.decide(DROP)  # after a mix: the same code for all again
+    queue.flush()
+    assert [(v["id"], v["seq"], v["code"]) for v in sent_verdicts(kernel)] == [
+        (i, i, code) for i, code in enumerate([*codes, Action.DROP, Action.DROP], 1)
+    ]
+    assert [v["batch"] for v in sent_verdicts(kernel)] == [False] * 7
+    assert len(sends) == 2
+    assert queue.stats.count(Action.ACCEPT) == 2 and queue.stats.count(Action.DROP) == 3
+
+
+def test_more_plain_verdicts_than_one_datagram_holds() -> None:
+    queue, kernel = open_queue(batch_verdicts=False)
+    sends = count_sends(queue, kernel)
+    total = sender_module.PLAIN_SLOTS + 10
+    for first in range(1, total + 1, queue_module.BATCH):
+        last = min(total, first + queue_module.BATCH - 1)
+        kernel.inject(*(packet_message(i) for i in range(first, last + 1)))
+        for packet in queue.receive(0):
+            queue.defer(packet)  # held back: their verdicts go out together below
+    for packet in list(queue._outstanding.values()):
+        packet.decide(ACCEPT)
+    queue.flush()
+    assert [v["id"] for v in sent_verdicts(kernel)] == list(range(1, total + 1))
+    assert len(sends) == 2 and queue.stats.sends == 2
+
+
+def test_equal_verdicts_that_are_different_objects_are_batched_too() -> None:
+    queue, kernel = open_queue()
+    for packet in received(queue, kernel, *(packet_message(i) for i in range(1, 4))):
+        packet.decide(Verdict.drop(priority=3))
+    queue.flush()
+    assert sent_verdicts(kernel) == [
+        {"batch": True, "code": Action.DROP, "id": 3, "seq": 3, "priority": 3}
+    ]
 
 
 def test_no_batch_while_an_older_packet_waits() -> None:

@@ -39,7 +39,7 @@ _PLAIN_SIZE = 32
 # 32-bit words of a plain VERDICT message: nlmsghdr (length, type and flags, seq, port id),
 # nfgenmsg, the attribute header, then the verdict's code and packet id (big-endian).
 _WORDS = _PLAIN_SIZE // 4
-_SEQ, _CODE, _ID = 3, 6, 7
+_SEQ, _CODE, _ID = 2, 6, 7
 
 
 def newest(ids: Sequence[int]) -> int:
