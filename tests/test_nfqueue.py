@@ -34,6 +34,8 @@ from nfkit.netlink.codec import (
     encode_error,
     nfgenmsg,
 )
+from nfkit.netlink.errors import BufferOverrun
+from nfkit.netlink.socket import NETLINK_NETFILTER, NetlinkSocket
 from nfkit.netlink.testing import FakeTransport, error
 from nfkit.nfqueue import (
     ACCEPT,
@@ -50,6 +52,7 @@ from nfkit.nfqueue import (
     SkbInfo,
     Verdict,
     aio,
+    burst,
     const,
     open_queues,
     parse_range,
@@ -426,6 +429,72 @@ def test_malformed_messages_and_verdict_errors_are_counted_and_logged(
     assert "refused the verdict for packet 12: unknown packet id" in caplog.text
     assert "unexpected message type 0x0399" in caplog.text
     queue.close()
+
+
+# -- receiving in bursts -------------------------------------------------------------
+
+
+@pytest.fixture
+def datagram_pair() -> Iterable[tuple[socket.socket, socket.socket]]:
+    """A unix datagram pair: what is sent on the first comes out of the second."""
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with kernel, ours:
+        yield kernel, ours
+
+
+@pytest.mark.skipif(burst._recvmmsg is None, reason="no recvmmsg in this libc")
+def test_a_burst_is_read_in_one_call_up_to_its_size(
+    datagram_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    kernel, ours = datagram_pair
+    reader = burst.BurstReceiver(ours.fileno(), 100, count=2)
+    sent = [b"one", bytes(range(256)) * 16, b""]
+    for datagram in sent:
+        kernel.send(datagram)
+    assert reader.receive(False) == sent[:2]  # a slot holds 4096 bytes: 100 rounded up
+    assert reader.receive(True) == sent[2:]
+    with pytest.raises(BlockingIOError):
+        reader.receive(False)
+    kernel.send(bytes(5000))
+    assert reader.receive(False) == [bytes(4096)]  # cut: the netlink header then says more
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 10_000))
+    with pytest.raises(BlockingIOError):
+        reader.receive(True)  # nothing came within the socket's receive timeout
+
+
+def test_one_by_one_raises_an_error_after_what_came_before_it() -> None:
+    arrivals: list[bytes | Exception] = [b"a", b"b", BufferOverrun(), b"c"]
+
+    def recv() -> bytes:
+        if not arrivals:
+            raise BlockingIOError
+        item = arrivals.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    reader = burst.OneByOne(recv, recv, count=8)
+    assert reader.receive(True) == [b"a", b"b"]
+    with pytest.raises(BufferOverrun):
+        reader.receive(False)
+    assert reader.receive(False) == [b"c"]
+    with pytest.raises(BlockingIOError):
+        reader.receive(False)
+
+
+def test_how_bursts_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeTransport(lambda request: None)
+    assert isinstance(burst.burst_reader(fake, 4096).__self__, burst.OneByOne)  # type: ignore[attr-defined]
+    fake.close()
+    with NetlinkSocket(NETLINK_NETFILTER) as sock:
+        if burst._recvmmsg is not None:
+            reader = burst.burst_reader(sock, 4096)
+            assert isinstance(reader.__self__, burst.BurstReceiver)  # type: ignore[attr-defined]
+        monkeypatch.setattr(burst, "_recvmmsg", None)
+        reader = burst.burst_reader(sock, 4096)
+        assert isinstance(reader.__self__, burst.OneByOne)  # type: ignore[attr-defined]
+        with pytest.raises(BlockingIOError):
+            reader(False)  # MSG_DONTWAIT: an empty socket does not block
 
 
 #: Messages as lists of (attribute type, payload size); PAYLOAD usually last.

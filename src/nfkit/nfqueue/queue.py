@@ -1,10 +1,11 @@
 """One NFQUEUE queue: its own netlink socket, its packets and their verdicts.
 
 The loop of a program reads packets with :meth:`Queue.receive` (or iterates
-over the queue) and answers them with :meth:`Queue.decide`. Verdicts are
-collected and go out together (see :mod:`nfkit.nfqueue.sender`) just before
-the queue waits for more packets, so a burst costs one ``recv`` per packet
-and one ``send`` in all.
+over the queue) and answers them with :meth:`Queue.decide`. A burst of
+packets comes in with one ``recvmmsg`` (see :mod:`nfkit.nfqueue.burst`), and
+their verdicts are collected and go out together (see
+:mod:`nfkit.nfqueue.sender`) just before the queue waits for more packets:
+two system calls for the whole burst.
 
 Any thread may :meth:`~Queue.decide` or :meth:`~Queue.defer` a packet: the
 loop thread applies it at once, others hand it over through an eventfd that
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import heapq
 import logging
 import os
@@ -58,6 +58,7 @@ from nfkit.netlink.socket import (
     NETLINK_NO_ENOBUFS,
     NetlinkSocket,
 )
+from nfkit.nfqueue.burst import BURST, HEADROOM, burst_reader
 from nfkit.nfqueue.const import (
     ALL_FLAGS,
     CFG_CMD,
@@ -90,13 +91,11 @@ _PACKET_ID = struct.Struct("!I")
 _CMD = struct.Struct("!BxH")
 _PARAMS = struct.Struct("!IB")
 _HALF = 0x80000000
-# A plain int: int | IntFlag runs the enum's Python __ror__ (0.6 µs per packet).
-_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 #: How long a blocking receive waits before it returns (empty) to let loops check for stop.
 TICK = 0.25
 #: Packets read per receive() at most.
-BATCH = 64
+BATCH = BURST
 NO_FLAGS = Flag(0)
 
 
@@ -172,7 +171,8 @@ class Queue:
         self._netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
-            self._open(transport, maxlen, receive_buffer, no_enobufs)
+            copied = min(copy_range, MAX_COPY_RANGE) if copy_mode == CopyMode.PACKET else 0
+            self._open(transport, maxlen, receive_buffer, no_enobufs, copied + HEADROOM)
             self._sender.batch = batch_verdicts
             try:
                 self._bind(maxlen, copy_mode, copy_range)
@@ -189,7 +189,12 @@ class Queue:
     # -- setup -------------------------------------------------------------------------
 
     def _open(
-        self, transport: Transport | None, maxlen: int, receive_buffer: int | None, no_enobufs: bool
+        self,
+        transport: Transport | None,
+        maxlen: int,
+        receive_buffer: int | None,
+        no_enobufs: bool,
+        slot: int,
     ) -> None:
         if transport is None:
             sock = NetlinkSocket(NETLINK_NETFILTER)
@@ -203,11 +208,8 @@ class Queue:
                 sock.close()
                 raise
             transport = sock
-            self._recv_nowait: Callable[[], bytes] = functools.partial(sock.recv, _DONTWAIT)
-        else:
-            self._recv_nowait = transport.recv
         self._transport = transport
-        self._recv = transport.recv
+        self._burst = burst_reader(transport, slot)
         self.portid = transport.portid
         self._conn = Connection(transport, on_unsolicited=self._early_message)
         self._sender = VerdictSender(self.number, transport.send, self.stats)
@@ -285,7 +287,7 @@ class Queue:
 
     def _early_message(self, message: Message) -> None:
         """Packets that arrive while a config request waits for its ACK."""
-        self._take(message.encode(), self._backlog)
+        self._take([message.encode()], self._backlog)
 
     def receive(self, timeout: float | None = None) -> list[QueuedPacket]:
         """Send the verdicts given so far, then wait for packets and return them.
@@ -304,25 +306,29 @@ class Queue:
         else:
             self.next_due = next_due = None
         self.flush()
-        packets, self._backlog = self._backlog, []
+        packets: list[QueuedPacket] = []
+        if self._backlog:
+            packets, self._backlog = self._backlog, packets
+            return self._arrived(packets)
         try:
-            if not packets:
-                if timeout is None and not self._outstanding:
-                    # Nobody can decide anything meanwhile: block in recv itself
-                    # (one syscall); SO_RCVTIMEO returns us after TICK seconds.
-                    self._take(self._recv(), packets)
-                elif self._wait(timeout, next_due):
-                    self._take(self._recv_nowait(), packets)
-            take, recv_nowait = self._take, self._recv_nowait
-            while len(packets) < BATCH:
-                take(recv_nowait(), packets)
+            if timeout is None and not self._outstanding:
+                # Nobody can decide anything meanwhile: block in the receive itself
+                # (one syscall); SO_RCVTIMEO returns us after TICK seconds.
+                datagrams = self._burst(True)
+            elif self._wait(timeout, next_due):
+                datagrams = self._burst(False)
+            else:
+                return packets
         except (BlockingIOError, TimeoutError, InterruptedError):
-            pass
+            return packets
         except BufferOverrun:
             self.stats.enobufs += 1
+            return packets
         except (DecodeError, NetlinkError) as exc:
             self.stats.malformed += 1
             self._throttle("recv", logging.WARNING, f"queue {self.number}: receive failed: {exc}")
+            return packets
+        self._take(datagrams, packets)
         return self._arrived(packets) if packets else packets
 
     def _wait(self, timeout: float | None, next_due: float | None) -> bool:
@@ -340,23 +346,29 @@ class Queue:
                 readable = True
         return readable
 
-    def _take(self, data: bytes, packets: list[QueuedPacket]) -> None:
-        """Turn one datagram into a packet (kept in ``packets``), or handle what else it is."""
-        if len(data) >= 32:
-            length, mtype, hdr_len, hdr_type = _FIRST.unpack_from(data)
-            if mtype == MSG_PACKET and hdr_type == 1 and hdr_len >= 11 and length <= len(data):
-                (packet_id,) = _PACKET_ID.unpack_from(data, 24)
-                last = self._last_id
-                if packet_id != (last + 1) & U32 and last:
-                    gap = (packet_id - last - 1) & U32
-                    if gap < _HALF:
-                        self.stats.id_gaps += gap
-                self._last_id = packet_id
-                packet = QueuedPacket(self, data, packet_id)
-                self._outstanding[packet_id] = packet
-                packets.append(packet)
-                return
-        self._other(data, packets)
+    def _take(self, datagrams: list[bytes], packets: list[QueuedPacket]) -> None:
+        """Turn datagrams into packets (appended to ``packets``), or handle what else they are."""
+        outstanding = self._outstanding
+        first, packet_id_at = _FIRST.unpack_from, _PACKET_ID.unpack_from
+        append = packets.append
+        last = self._last_id
+        for data in datagrams:
+            if len(data) >= 32:
+                length, mtype, hdr_len, hdr_type = first(data)
+                if mtype == MSG_PACKET and hdr_type == 1 and hdr_len >= 11 and length <= len(data):
+                    (packet_id,) = packet_id_at(data, 24)
+                    if packet_id != last + 1 and last:
+                        gap = (packet_id - last - 1) & U32  # 0 where the ids wrap
+                        if gap < _HALF:
+                            self.stats.id_gaps += gap
+                    last = packet_id
+                    packet = outstanding[packet_id] = QueuedPacket(self, data, packet_id)
+                    append(packet)
+                    continue
+            self._last_id = last
+            self._other(data, packets)
+            last = self._last_id
+        self._last_id = last
 
     def _arrived(self, packets: list[QueuedPacket]) -> list[QueuedPacket]:
         """Count new packets, set their deadline; those the mode answers are not handed out."""
@@ -388,7 +400,7 @@ class Queue:
                 if mtype == NLMSG_ERROR:
                     self._kernel_error(parse_error(data[start:end], flags), seq)
                 elif mtype == MSG_PACKET:
-                    self._take(data[start - 16 : end], packets)
+                    self._take([data[start - 16 : end]], packets)
                 elif mtype >= NLMSG_MIN_TYPE:
                     raise DecodeError(f"unexpected message type 0x{mtype:04x}")
         except DecodeError as exc:
@@ -556,9 +568,11 @@ class Queue:
         self._apply_inbox()
         self.flush()
         packets = self._backlog
-        with contextlib.suppress(BlockingIOError, TimeoutError, InterruptedError, NetlinkError):
+        with contextlib.suppress(
+            BlockingIOError, TimeoutError, InterruptedError, NetlinkError, DecodeError
+        ):
             for _ in range(1 << 20):  # bounded: the kernel queue is at most maxlen long
-                self._take(self._recv_nowait(), packets)
+                self._take(self._burst(False), packets)
         for packet in list(self._outstanding.values()):
             self.stats.answered_at_close += 1
             self._apply(packet, final)
