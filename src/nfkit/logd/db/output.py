@@ -23,7 +23,9 @@ ours (:data:`SPOOL_OPTIONS`):
   is reached.
 
 ulogd2's ``ring_buffer_size`` (statements queued for its writer thread) is
-the number of rows the memory queue holds (0: ``10 * batch_size``);
+the number of rows the memory queue holds (0: ``QUEUE_BATCHES * batch_size``,
+about 1 KiB of memory per row of ulogd2's flat packet table; rows beyond go
+to the spool, which costs the writer twice the CPU per row until it is empty);
 ``backlog_memcap`` bounds the memory spool when there is no ``spool_dir``;
 ``backlog_oneshot_requests`` is accepted and unused (the spool is replayed
 in full batches); ``reconnect`` is the number of seconds between connection
@@ -58,6 +60,9 @@ from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.plugins._wildcard import upstream_keys
 
 DEFAULT_CONNECT_TIMEOUT = 10
+#: Memory queue, in batches: a second of 50k rows/s, so that a slow commit does not
+#: send the rows through the spool (bench/db_bench.py; 10 batches lost rows at 30k/s).
+QUEUE_BATCHES = 50
 
 #: ulogd2's options common to PGSQL, MYSQL and DBI, in its order.
 COMMON_OPTIONS = (
@@ -233,7 +238,7 @@ class DatabaseOutput(BatchPlugin):
             WriterSettings(
                 batch_size=batch,
                 batch_timeout=settings["batch_timeout_ms"] / 1000,
-                queue_rows=settings["ring_buffer_size"] or 10 * batch,
+                queue_rows=settings["ring_buffer_size"] or QUEUE_BATCHES * batch,
                 reconnect=float(settings["reconnect"]),
             ),
             self.log,
