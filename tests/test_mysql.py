@@ -38,6 +38,7 @@ from nfkit.logd.db.backend import (
 from nfkit.logd.db.mariadb import DEFAULT_SOCKET, MariaDBBackend, socket_path
 from nfkit.logd.db.output import SPOOL_OPTIONS
 from nfkit.logd.db.schemas import SCHEMAS
+from nfkit.logd.keys import Key, KeyType
 from reference import ULOGD_PLUGIN_DIR
 
 pymysql = pytest.importorskip("pymysql")
@@ -185,6 +186,14 @@ def test_values_arrive_exactly(values_table: MariaDB) -> None:
     with connected(values_table, "INSERT", columns=("txt", "addr", "big", "small", "flag")) as db:
         db.write(rows)
     assert stored(values_table, "txt, addr, big, small, flag") == rows
+
+
+def test_undecodable_bytes_in_strings_are_stored_as_escapes(values_table: MariaDB) -> None:
+    prefix = b"bad\xff ".decode("utf-8", "surrogateescape")  # as the NFLOG decoder keeps it
+    with connected(values_table, "INSERT") as db:
+        assert db.converter(Key("oob.prefix", KeyType.STRING), Column("txt", "varchar(64)")) is None
+        db.write([(prefix, 1), (prefix, 2)])
+    assert stored(values_table) == [("bad\\xff ", 1), ("bad\\xff ", 2)]
 
 
 def test_a_batch_is_several_statements_in_one_transaction_in_order(

@@ -34,6 +34,7 @@ from nfkit.logd.db.backend import (
     Backend,
     Column,
     ConnectParams,
+    Converter,
     DatabaseMisconfigured,
     DatabaseUnreachable,
     Name,
@@ -42,6 +43,8 @@ from nfkit.logd.db.backend import (
     StatementKind,
     redact,
 )
+from nfkit.logd.db.columns import clean_text
+from nfkit.logd.keys import Key, KeyType
 
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 DEFAULT_PORT = 3306
@@ -104,7 +107,8 @@ class Literals:
     """SQL literals of row values, as the server's parser reads them.
 
     Strings repeat (interface names, prefixes, MAC headers): their literals are
-    memoized in a bounded dict.
+    memoized in a bounded dict, undecodable bytes (surrogates) escaped once
+    there rather than for every row.
     """
 
     def __init__(self) -> None:
@@ -133,7 +137,7 @@ class Literals:
         if literal is None:
             if len(texts) >= _TEXT_MEMO_LIMIT:
                 texts.clear()
-            literal = texts[value] = "'" + value.translate(_ESCAPES) + "'"
+            literal = texts[value] = "'" + clean_text(value).translate(_ESCAPES) + "'"
         return literal
 
 
@@ -168,6 +172,11 @@ class MariaDBBackend(Backend):
         self._literals = Literals()
         self._prefix = ""
         self._per_row: str | None = None  # CALL/SELECT routine
+
+    def converter(self, key: Key, column: Column) -> Converter | None:
+        if key.type is KeyType.STRING:
+            return None  # Literals cleans each distinct string once
+        return super().converter(key, column)
 
     # -- connection ----------------------------------------------------------------
 
