@@ -1,11 +1,12 @@
 """The PostgreSQL backend (psycopg 3).
 
 Writes: ``procedure="INSERT"`` into a table is a COPY per batch, the fastest
-way into PostgreSQL; a function (``SELECT f(...)``), a procedure (``CALL``)
-or an insert into a view or another table is the statement run for every
-row of the batch in pipeline mode (one round trip per batch), each value
-cast to the type of its argument, as the database declares it. One
-transaction per batch.
+way into PostgreSQL; a function (``SELECT f(...)``) gets the batch by COPY
+into a temporary table typed like its arguments, then one statement calls
+it for those rows in order; a procedure (``CALL``) or an insert into a view
+or another table is the statement run for every row of the batch in
+pipeline mode (one round trip per batch), each value cast to the type of
+its argument, as the database declares it. One transaction per batch.
 
 Errors are classified by SQLSTATE: data and constraint errors (classes 22,
 23, a function's RAISE) refuse a row; syntax, privilege and missing objects
@@ -53,6 +54,8 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 _COPY_LINE = re.compile(r"\bline (\d+)")
+#: The temporary table a function's rows are copied to.
+_STAGING = "nfkit_batch"
 # A server that vanished without closing the TCP connection is noticed in
 # about 30 s instead of the kernel's 15 minutes (unix sockets ignore these).
 _DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
@@ -75,6 +78,7 @@ class PostgresBackend(Backend):
         self.connection: Any = None
         self._sql = ""
         self._copy = False
+        self._call = ""  # functions: the statement calling it for the copied rows
 
     # -- connection -------------------------------------------------------------------
 
@@ -162,6 +166,7 @@ class PostgresBackend(Backend):
         names = _sql.SQL(", ").join(_sql.Identifier(column.name) for column in columns)
         target = _sql.SQL(statement.target.render(quote, self.fold))
         self._copy = False
+        self._call = ""
         if statement.kind is StatementKind.INSERT and self._is_table(statement.table):
             self._copy = True
             self._sql = _sql.SQL("COPY {} ({}) FROM STDIN").format(target, names).as_string(None)
@@ -172,10 +177,31 @@ class PostgresBackend(Backend):
             self._sql = insert.as_string(None)
             return columns
         arguments = self._arguments(statement)
+        if statement.kind is StatementKind.FUNCTION:
+            self._stage(target, arguments)
+            return arguments
         casts = ", ".join(f"%s::{column.type}" for column in arguments)
         verb = "CALL" if statement.kind is StatementKind.CALL else "SELECT"
         self._sql = f"{verb} {target.as_string(None)}({casts})"
         return arguments
+
+    def _stage(self, function: Any, arguments: Sequence[Column]) -> None:
+        """Prepare the writes of a function: COPY to a temporary table, then one call per row
+        in a single statement (a statement per row costs the client 7 times the CPU)."""
+        staging = _sql.Identifier(_STAGING)
+        names = [_sql.Identifier(f"a{index}") for index in range(len(arguments))]
+        typed = _sql.SQL(", ").join(
+            _sql.SQL("{} {}").format(name, _sql.SQL(argument.type))  # the catalog's spelling
+            for name, argument in zip(names, arguments, strict=True)
+        )
+        listed = _sql.SQL(", ").join(names)
+        self._query(_sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(staging))
+        self._query(_sql.SQL("CREATE TEMPORARY TABLE {} (_n bigserial, {}) "
+                             "ON COMMIT DELETE ROWS").format(staging, typed))
+        self._copy = True
+        self._sql = _sql.SQL("COPY {} ({}) FROM STDIN").format(staging, listed).as_string(None)
+        call = _sql.SQL("SELECT count({}({})) FROM (SELECT * FROM {} ORDER BY _n) AS batch")
+        self._call = call.format(function, listed, staging).as_string(None)
 
     def _is_table(self, table: Name) -> bool:
         found = self._query("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
@@ -227,19 +253,23 @@ class PostgresBackend(Backend):
         connection = self.connection
         if connection is None:
             raise DatabaseUnreachable("not connected")
+        copying = self._copy
         try:
             with connection.cursor() as cursor:
-                if self._copy:
+                if copying:
                     with cursor.copy(self._sql) as copy:
                         write_row = copy.write_row
                         for row in rows:
                             write_row(row)
+                    copying = False
+                    if self._call:
+                        cursor.execute(self._call)
                 else:
                     cursor.executemany(self._sql, rows)
             connection.commit()
         except psycopg.Error as exc:
             error = self._classify(exc)
-            if isinstance(error, RowRejected) and self._copy:
+            if isinstance(error, RowRejected) and copying:  # COPY names the line
                 line = _COPY_LINE.search(getattr(exc.diag, "context", None) or "")
                 if line:
                     error.index = int(line.group(1)) - 1
