@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,15 +122,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """user+sys of every server process (connections included) so far."""
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # a connection process that just ended
-            total += int(fields[11]) + int(fields[12])
-        return float(total / CLOCK_TICKS)
+        return cpu_seconds(f"/proc/{pid}" for pid in self.pids())
 
     def close(self) -> None:
         raise NotImplementedError
@@ -203,16 +195,28 @@ class MariaDBServer(Server):
         self.server.remove()
 
 
+def stat_fields(path: str) -> list[str]:
+    """The fields of ``path``/stat after the command name (empty: the process ended)."""
+    try:
+        with open(f"{path}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def cpu_seconds(paths: Iterable[str]) -> float:
+    """user+sys of the processes or threads at ``paths`` (/proc/PID...)."""
+    ticks = 0
+    for path in paths:
+        fields = stat_fields(path)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+    return float(ticks / CLOCK_TICKS)
+
+
 def _children(parent: int) -> Iterator[int]:
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
+        if entry.name.isdigit() and stat_fields(entry.path)[1:2] == [str(parent)]:
             yield int(entry.name)
 
 
@@ -354,17 +358,8 @@ def settle(server: Server, database: str, daemon: DaemonRun, expected: int,
 
 def helper_threads_cpu(pid: int) -> float:
     """user+sys of the threads of ``pid`` other than its main thread."""
-    total = 0
-    for task in os.scandir(f"/proc/{pid}/task"):
-        if task.name == str(pid):
-            continue
-        try:
-            with open(f"{task.path}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return float(total / CLOCK_TICKS)
+    return cpu_seconds(task.path for task in os.scandir(f"/proc/{pid}/task")
+                       if task.name != str(pid))
 
 
 def run_step(lab: Lab, server: Server, scenario: Scenario, daemon: Daemon, rate: float,
