@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import struct
@@ -484,17 +485,51 @@ def test_one_by_one_raises_an_error_after_what_came_before_it() -> None:
 
 def test_how_bursts_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeTransport(lambda request: None)
-    assert isinstance(burst.burst_reader(fake, 4096).__self__, burst.OneByOne)  # type: ignore[attr-defined]
+    assert isinstance(burst.burst_reader(fake, 4096), burst.OneByOne)
     fake.close()
     with NetlinkSocket(NETLINK_NETFILTER) as sock:
         if burst._recvmmsg is not None:
-            reader = burst.burst_reader(sock, 4096)
-            assert isinstance(reader.__self__, burst.BurstReceiver)  # type: ignore[attr-defined]
+            assert isinstance(burst.burst_reader(sock, 4096), burst.BurstReceiver)
         monkeypatch.setattr(burst, "_recvmmsg", None)
         reader = burst.burst_reader(sock, 4096)
-        assert isinstance(reader.__self__, burst.OneByOne)  # type: ignore[attr-defined]
+        assert isinstance(reader, burst.OneByOne)
         with pytest.raises(BlockingIOError):
-            reader(False)  # MSG_DONTWAIT: an empty socket does not block
+            reader.receive(False)  # MSG_DONTWAIT: an empty socket does not block
+
+
+@pytest.mark.parametrize("kind", ["recvmmsg", "recv"])
+def test_readers_tell_lengths_and_words_of_the_last_burst(
+    kind: str, datagram_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    kernel, ours = datagram_pair
+    if kind == "recvmmsg" and burst._recvmmsg is None:
+        pytest.skip("no recvmmsg in this libc")
+    recv = functools.partial(ours.recv, 65536)
+    reader: burst.Reader = (
+        burst.BurstReceiver(ours.fileno(), 100)
+        if kind == "recvmmsg"
+        else burst.OneByOne(recv, functools.partial(recv, socket.MSG_DONTWAIT))
+    )
+    sent = [struct.pack("=III", 1, 2, 3), struct.pack("=III", 4, 5, 6) + b"tail"]
+    for datagram in sent:
+        kernel.send(datagram)
+    assert reader.receive(True) == sent
+    assert reader.lengths() == [12, 16]
+    assert reader.words(0) == [1, 4] and reader.words(8) == [3, 6]
+
+
+def test_packets_of_a_burst_are_taken_at_once_or_one_by_one_alike() -> None:
+    # What the whole-burst path accepts, and what it leaves to the careful one.
+    queue, kernel = open_queue()
+    odd = packet_message(7)
+    odd = odd[:6] + b"\x01\x00" + odd[8:]  # a flag the kernel never sets: careful path
+    kernel.inject(packet_message(5), packet_message(6), odd, packet_message(9))
+    assert [p.id for p in queue.receive()] == [5, 6, 7, 9]
+    assert queue.stats.id_gaps == 1 and queue.stats.malformed == 0
+    kernel.inject(packet_message(10), packet_message(11, pad=True))
+    assert [p.id for p in queue.receive()] == [10, 11]
+    assert len(queue._outstanding) == 6
+    queue.close()
 
 
 #: Messages as lists of (attribute type, payload size); PAYLOAD usually last.

@@ -15,14 +15,13 @@ import errno
 import functools
 import mmap
 import os
+import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from nfkit.netlink.conn import Transport
 from nfkit.netlink.errors import BufferOverrun, NetlinkError
 from nfkit.netlink.socket import NetlinkSocket
-
-#: Reads what arrived: ``wait`` blocks for the first datagram (up to the socket's timeout).
-Reader = Callable[[bool], list[bytes]]
 
 #: Datagrams read per call at most.
 BURST = 64
@@ -68,8 +67,36 @@ def _load_recvmmsg() -> Callable[..., int] | None:
 _recvmmsg = _load_recvmmsg()
 
 
+class Reader(Protocol):
+    """Reads bursts of datagrams; tells the length and any 32-bit word of each."""
+
+    def receive(self, wait: bool) -> list[bytes]:
+        """The datagrams that are there (``wait``: block until one comes, or SO_RCVTIMEO).
+
+        Raises:
+            BlockingIOError: nothing came (the socket's receive timeout passed).
+            InterruptedError: a signal came while waiting.
+            BufferOverrun: the kernel dropped datagrams (ENOBUFS).
+            NetlinkError, DecodeError: any other error of the socket.
+        """
+        ...
+
+    def lengths(self) -> list[int]:
+        """The length of each datagram of the last burst."""
+        ...
+
+    def words(self, offset: int) -> list[int]:
+        """The native 32-bit word at ``offset`` of each datagram of the last burst
+        (meaningless beyond a datagram's length)."""
+        ...
+
+
 class BurstReceiver:
-    """Reads up to ``count`` datagrams of at most ``size`` bytes from ``fd`` per call."""
+    """Reads up to ``count`` datagrams of at most ``size`` bytes from ``fd`` per call.
+
+    A datagram longer than a slot comes out cut to the slot's size (its
+    netlink header then claims more bytes than it has).
+    """
 
     def __init__(self, fd: int, size: int, count: int = BURST) -> None:
         if _recvmmsg is None:
@@ -90,28 +117,22 @@ class BurstReceiver:
             header.msg_hdr.msg_iov = iovec_at + i * ctypes.sizeof(_IoVec)
             header.msg_hdr.msg_iovlen = 1
         self._headers_at = ctypes.addressof(self._headers)
-        # The length of datagram i: word AT + i * STEP of the headers read as unsigned ints.
-        self._lengths = memoryview(self._headers).cast("B").cast("I")
-        step, at = ctypes.sizeof(_MMsgHdr) // 4, _MMsgHdr.msg_len.offset // 4
-        self._where = [(i * size, at + i * step) for i in range(count)]
+        # msg_len of every header, and any word of every slot: strided views as unsigned ints.
+        words = memoryview(self._headers).cast("B").cast("I")
+        self._msg_lens = words[_MMsgHdr.msg_len.offset // 4 :: ctypes.sizeof(_MMsgHdr) // 4]
+        self._slot_words = memoryview(self._slots).cast("I")
+        self._starts = range(0, size * count, size)
+        self._received = 0
+        self._lengths: list[int] = []
 
     def receive(self, wait: bool) -> list[bytes]:
-        """The datagrams that are there (``wait``: block until one comes, or SO_RCVTIMEO).
-
-        A datagram longer than a slot comes out cut to the slot's size (its
-        netlink header then claims more bytes than it has).
-
-        Raises:
-            BlockingIOError: nothing came (the socket's receive timeout passed).
-            InterruptedError: a signal came while waiting.
-            BufferOverrun: the kernel dropped datagrams (ENOBUFS).
-            NetlinkError: any other error of the socket.
-        """
         count = self._call(self._fd, self._headers_at, self._count,
                            MSG_WAITFORONE if wait else MSG_DONTWAIT, None)  # fmt: skip
         if count > 0:
-            slots, lengths = self._slots, self._lengths
-            return [slots[at : at + lengths[index]] for at, index in self._where[:count]]
+            self._received = count
+            self._lengths = lengths = self._msg_lens[:count].tolist()
+            slots, starts = self._slots, self._starts[:count]
+            return [slots[at : at + length] for at, length in zip(starts, lengths, strict=True)]
         code = ctypes.get_errno() if count < 0 else errno.EAGAIN
         if code == errno.EAGAIN:
             raise BlockingIOError(code, os.strerror(code))
@@ -121,9 +142,17 @@ class BurstReceiver:
             raise BufferOverrun()
         raise NetlinkError.from_errno(code, "recvmmsg")
 
+    def lengths(self) -> list[int]:
+        return self._lengths
+
+    def words(self, offset: int) -> list[int]:
+        step = self.size // 4
+        first = offset // 4
+        return self._slot_words[first : first + self._received * step : step].tolist()
+
 
 class OneByOne:
-    """:meth:`BurstReceiver.receive` made of one ``recv`` per datagram.
+    """A :class:`Reader` made of one ``recv`` per datagram.
 
     An error after the first datagram is raised by the next call, so that
     what came before it is not lost.
@@ -135,6 +164,7 @@ class OneByOne:
         self._recv_nowait = recv_nowait
         self._count = count
         self._error: Exception | None = None
+        self._last: list[bytes] = []
 
     def receive(self, wait: bool) -> list[bytes]:
         error = self._error
@@ -142,7 +172,7 @@ class OneByOne:
             self._error = None
             raise error
         recv_nowait = self._recv_nowait
-        datagrams = [self._recv() if wait else recv_nowait()]
+        self._last = datagrams = [self._recv() if wait else recv_nowait()]
         try:
             while len(datagrams) < self._count:
                 datagrams.append(recv_nowait())
@@ -152,11 +182,19 @@ class OneByOne:
             self._error = exc
         return datagrams
 
+    def lengths(self) -> list[int]:
+        return [len(datagram) for datagram in self._last]
+
+    def words(self, offset: int) -> list[int]:
+        return [
+            int.from_bytes(datagram[offset : offset + 4], sys.byteorder) for datagram in self._last
+        ]
+
 
 def burst_reader(transport: Transport, size: int) -> Reader:
     """How to read bursts of datagrams of at most ``size`` bytes from ``transport``."""
     if not isinstance(transport, NetlinkSocket):
-        return OneByOne(transport.recv, transport.recv).receive
+        return OneByOne(transport.recv, transport.recv)
     if _recvmmsg is not None:
-        return BurstReceiver(transport.fileno(), size).receive
-    return OneByOne(transport.recv, functools.partial(transport.recv, MSG_DONTWAIT)).receive
+        return BurstReceiver(transport.fileno(), size)
+    return OneByOne(transport.recv, functools.partial(transport.recv, MSG_DONTWAIT))

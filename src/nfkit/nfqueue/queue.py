@@ -25,10 +25,14 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from nfkit import netns
@@ -58,7 +62,7 @@ from nfkit.netlink.socket import (
     NETLINK_NO_ENOBUFS,
     NetlinkSocket,
 )
-from nfkit.nfqueue.burst import BURST, HEADROOM, burst_reader
+from nfkit.nfqueue.burst import BURST, HEADROOM, Reader, burst_reader
 from nfkit.nfqueue.const import (
     ALL_FLAGS,
     CFG_CMD,
@@ -91,6 +95,12 @@ _PACKET_ID = struct.Struct("!I")
 _CMD = struct.Struct("!BxH")
 _PARAMS = struct.Struct("!IB")
 _HALF = 0x80000000
+_ID = attrgetter("id")
+_PLAIN = attrgetter("plain")
+#: The first 32-bit words of a packet message, as the kernel writes them (native order):
+#: nlmsg_type with no flags, and the header of NFQA_PACKET_HDR (11 bytes, type 1).
+_PACKET_TYPE_WORD = MSG_PACKET
+_PACKET_HDR_WORD = int.from_bytes(struct.pack("=HH", 11, 1), sys.byteorder)
 
 #: How long a blocking receive waits before it returns (empty) to let loops check for stop.
 TICK = 0.25
@@ -209,11 +219,10 @@ class Queue:
                 raise
             transport = sock
         self._transport = transport
-        self._burst = burst_reader(transport, slot)
+        self._reader = burst_reader(transport, slot)
         self.portid = transport.portid
         self._conn = Connection(transport, on_unsolicited=self._early_message)
         self._sender = VerdictSender(self.number, transport.send, self.stats)
-        self._collect = self._sender.collected.append
 
     def _config(self, *attrs: bytes, operation: str) -> None:
         payload = queue_prefix(self.number) + b"".join(attrs)
@@ -314,9 +323,9 @@ class Queue:
             if timeout is None and not self._outstanding:
                 # Nobody can decide anything meanwhile: block in the receive itself
                 # (one syscall); SO_RCVTIMEO returns us after TICK seconds.
-                datagrams = self._burst(True)
+                datagrams = self._reader.receive(True)
             elif self._wait(timeout, next_due):
-                datagrams = self._burst(False)
+                datagrams = self._reader.receive(False)
             else:
                 return packets
         except (BlockingIOError, TimeoutError, InterruptedError):
@@ -328,7 +337,7 @@ class Queue:
             self.stats.malformed += 1
             self._throttle("recv", logging.WARNING, f"queue {self.number}: receive failed: {exc}")
             return packets
-        self._take(datagrams, packets)
+        self._take(datagrams, packets, self._reader)
         return self._arrived(packets) if packets else packets
 
     def _wait(self, timeout: float | None, next_due: float | None) -> bool:
@@ -346,29 +355,46 @@ class Queue:
                 readable = True
         return readable
 
-    def _take(self, datagrams: list[bytes], packets: list[QueuedPacket]) -> None:
-        """Turn datagrams into packets (appended to ``packets``), or handle what else they are."""
+    def _take(
+        self, datagrams: list[bytes], packets: list[QueuedPacket], reader: Reader | None = None
+    ) -> None:
+        """Turn datagrams into packets (appended to ``packets``), or handle what else they are.
+
+        ``reader``: the one that read them, which tells their headers at once.
+        """
+        if reader is not None:
+            ids = _packet_ids(reader, len(datagrams))
+            if ids is not None:
+                self._count_gaps(ids)
+                taken = list(map(QueuedPacket, repeat(self, len(ids)), datagrams, ids))
+                self._outstanding.update(zip(ids, taken, strict=True))
+                packets += taken
+                return
         outstanding = self._outstanding
         first, packet_id_at = _FIRST.unpack_from, _PACKET_ID.unpack_from
-        append = packets.append
-        last = self._last_id
         for data in datagrams:
             if len(data) >= 32:
                 length, mtype, hdr_len, hdr_type = first(data)
                 if mtype == MSG_PACKET and hdr_type == 1 and hdr_len >= 11 and length <= len(data):
                     (packet_id,) = packet_id_at(data, 24)
-                    if packet_id != last + 1 and last:
-                        gap = (packet_id - last - 1) & U32  # 0 where the ids wrap
-                        if gap < _HALF:
-                            self.stats.id_gaps += gap
-                    last = packet_id
+                    self._count_gaps((packet_id,))
                     packet = outstanding[packet_id] = QueuedPacket(self, data, packet_id)
-                    append(packet)
+                    packets.append(packet)
                     continue
-            self._last_id = last
             self._other(data, packets)
-            last = self._last_id
-        self._last_id = last
+
+    def _count_gaps(self, ids: list[int] | tuple[int]) -> None:
+        """Count the ids skipped before and between ``ids`` (packets the socket could not take)."""
+        last = self._last_id
+        self._last_id = ids[-1]
+        if ids[0] == last + 1 and ids[-1] - ids[0] == len(ids) - 1:
+            return  # in a row, as they should be
+        for packet_id in ids:
+            if last:
+                gap = (packet_id - last - 1) & U32  # 0 where the ids wrap
+                if gap < _HALF:
+                    self.stats.id_gaps += gap
+            last = packet_id
 
     def _arrived(self, packets: list[QueuedPacket]) -> list[QueuedPacket]:
         """Count new packets, set their deadline; those the mode answers are not handed out."""
@@ -482,12 +508,49 @@ class Queue:
         outstanding = self._outstanding
         found = outstanding.pop(packet.id, None)
         if found is not packet:
-            if found is not None:  # another packet with this id (after 2**32 packets)
-                outstanding[packet.id] = found
-            self.stats.late += 1
+            self._late(packet, found)
             return
         if self._timed_ids:
             self._timed_ids.discard(packet.id)
+        if not verdict.plain or self.mode is not None:
+            verdict = self._final(packet, verdict, transform)
+        if self.on_pending is not None:
+            self.on_pending()
+        self._sender.packets.append(packet)
+        self._sender.verdicts.append(verdict)
+
+    def _apply_all(self, packets: list[QueuedPacket], verdicts: list[Verdict]) -> None:
+        """:meth:`_apply` for many packets at once (the loop thread; a Server's burst)."""
+        ids = list(map(_ID, packets))
+        found = list(map(self._outstanding.pop, ids, repeat(None)))
+        if found != packets:  # some had a verdict already
+            answered = [(p, v) for p, v, f in zip(packets, verdicts, found, strict=True) if f is p]
+            for packet, other in zip(packets, found, strict=True):
+                if other is not packet:
+                    self._late(packet, other)
+            if not answered:
+                return
+            packets, verdicts = map(list, zip(*answered, strict=True))
+        if self._timed_ids:
+            self._timed_ids.difference_update(ids)
+        first = verdicts[0]
+        uniform = verdicts.count(first) == len(verdicts)
+        if self.mode is not None or not (first.plain if uniform else all(map(_PLAIN, verdicts))):
+            verdicts = list(map(self._final, packets, verdicts, repeat(True)))
+        if self.on_pending is not None:
+            self.on_pending()
+        self._sender.packets += packets
+        self._sender.verdicts += verdicts
+
+    def _late(self, packet: QueuedPacket, found: QueuedPacket | None) -> None:
+        """``packet`` had its verdict already; ``found`` was outstanding under its id."""
+        if found is not None:  # another packet with this id (after 2**32 packets)
+            self._outstanding[packet.id] = found
+        self.stats.late += 1
+
+    def _final(self, packet: QueuedPacket, verdict: Verdict, transform: bool) -> Verdict:
+        """The verdict to send: no new payload for a truncated packet; ``transform``: the
+        mode's meaning of ACCEPT."""
         if verdict.payload is not None and packet.truncated:
             self._throttle(
                 "truncated",
@@ -498,9 +561,7 @@ class Queue:
             verdict = self.default
         if transform and self.mode is not None and verdict.action is Action.ACCEPT:
             verdict = self._accepted(self.mode, verdict)
-        if self.on_pending is not None:
-            self.on_pending()
-        self._collect((packet, verdict))
+        return verdict
 
     def _accepted(self, mode: Mode, verdict: Verdict) -> Verdict:
         """What ``mode`` makes of ACCEPT ``verdict`` (the last answer is kept: handlers
@@ -536,7 +597,7 @@ class Queue:
 
     def flush(self) -> None:
         """Send the verdicts given so far (loop thread)."""
-        if self._sender.collected:
+        if self._sender.packets:
             self._sender.flush(self._outstanding)
 
     @property
@@ -572,7 +633,7 @@ class Queue:
             BlockingIOError, TimeoutError, InterruptedError, NetlinkError, DecodeError
         ):
             for _ in range(1 << 20):  # bounded: the kernel queue is at most maxlen long
-                self._take(self._burst(False), packets)
+                self._take(self._reader.receive(False), packets, self._reader)
         for packet in list(self._outstanding.values()):
             self.stats.answered_at_close += 1
             self._apply(packet, final)
@@ -665,3 +726,20 @@ def open_queues(numbers: range | list[int] | str, **options: Any) -> list[Queue]
             queue.close()
         raise
     return queues
+
+
+def _packet_ids(reader: Reader, count: int) -> list[int] | None:
+    """The ids of the last ``count`` datagrams of ``reader`` if every one is a packet
+    message exactly as the kernel writes them (then no Python loop looks at them)."""
+    lengths = reader.lengths()
+    if (
+        min(lengths) < 32
+        or reader.words(4).count(_PACKET_TYPE_WORD) != count
+        or reader.words(20).count(_PACKET_HDR_WORD) != count
+        or reader.words(0) != lengths  # one message each, none cut short
+    ):
+        return None
+    ids = array("I", reader.words(24))
+    if sys.byteorder == "little":
+        ids.byteswap()
+    return ids.tolist()

@@ -18,6 +18,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Collection, Sequence
+from operator import attrgetter
 
 from nfkit.netlink.codec import NLM_F_REQUEST, NLMSGHDR, attr_be32
 from nfkit.netlink.errors import NetlinkError
@@ -33,13 +34,15 @@ _BE_PAIR = struct.Struct("!II")
 #: Keep datagrams of new payloads below the default socket send buffer.
 MAX_DATAGRAM = 1 << 17
 _HALF = 0x80000000
+_ID = attrgetter("id")
+_PLAIN = attrgetter("plain")
 #: Plain VERDICT messages one datagram holds at most (32 bytes each).
 PLAIN_SLOTS = 1024
 _PLAIN_SIZE = 32
 # 32-bit words of a plain VERDICT message: nlmsghdr (length, type and flags, seq, port id),
 # nfgenmsg, the attribute header, then the verdict's code and packet id (big-endian).
 _WORDS = _PLAIN_SIZE // 4
-_SEQ, _CODE, _ID = 2, 6, 7
+_SEQ_WORD, _CODE_WORD, _ID_WORD = 2, 6, 7
 
 
 def newest(ids: Sequence[int]) -> int:
@@ -64,7 +67,7 @@ def _big_endian(values: Sequence[int]) -> array[int]:
 class VerdictSender:
     """Collects one queue's verdicts until :meth:`flush` sends them.
 
-    The queue appends ``(packet, verdict)`` to :attr:`collected`.
+    The queue appends to :attr:`packets` and :attr:`verdicts` (one verdict each).
 
     Parameters:
         queue_num: the queue.
@@ -85,8 +88,9 @@ class VerdictSender:
     ) -> None:
         self.batch = batch
         self.ct_updater = ct_updater
-        #: Verdicts given since the last flush.
-        self.collected: list[tuple[QueuedPacket, Verdict]] = []
+        #: Packets answered since the last flush, and their verdicts.
+        self.packets: list[QueuedPacket] = []
+        self.verdicts: list[Verdict] = []
         self._send = send
         self._stats = stats
         self._prefix = queue_prefix(queue_num)
@@ -99,15 +103,14 @@ class VerdictSender:
         self._throttle = Throttle(f"NFQUEUE queue {queue_num}")
 
     def __len__(self) -> int:
-        return len(self.collected)
+        return len(self.packets)
 
     def flush(self, waiting: Collection[int] = ()) -> None:
         """Send the collected verdicts; ``waiting``: ids of packets still without one."""
-        collected = self.collected
-        if not collected:
+        packets, verdicts = self.packets, self.verdicts
+        if not packets:
             return
-        packets, verdicts = zip(*collected, strict=True)
-        collected.clear()
+        self.packets, self.verdicts = [], []
         first = verdicts[0]
         counts = self._stats.verdicts
         if verdicts.count(first) == len(verdicts):  # identical ones compare by identity first
@@ -125,7 +128,7 @@ class VerdictSender:
         else:
             for verdict in verdicts:
                 counts[verdict.action] += 1
-            if all(verdict.plain for verdict in verdicts):
+            if all(map(_PLAIN, verdicts)):
                 self._send_plain(packets, [verdict.code for verdict in verdicts])
                 return
         self._send_individual(packets, verdicts)
@@ -136,7 +139,7 @@ class VerdictSender:
         self, packets: Sequence[QueuedPacket], verdict: Verdict, waiting: Collection[int]
     ) -> bool:
         """Answer ``packets`` with one VERDICT_BATCH if that answers no other packet."""
-        top = newest([packet.id for packet in packets])
+        top = newest(list(map(_ID, packets)))
         if waiting and any((top - other) & U32 < _HALF for other in waiting):
             return False
         mark = verdict.mark
@@ -158,16 +161,16 @@ class VerdictSender:
         """VERDICT messages without options: ``codes`` is one code for all, or one each."""
         words = self._plain_words
         if isinstance(codes, int) and codes != self._plain_code:
-            words[_CODE::_WORDS] = _big_endian([codes]) * PLAIN_SLOTS
+            words[_CODE_WORD::_WORDS] = _big_endian([codes]) * PLAIN_SLOTS
             self._plain_code = codes
         for start in range(0, len(packets), PLAIN_SLOTS):
             end = min(len(packets), start + PLAIN_SLOTS)
-            ids = array("I", [packet.id for packet in packets[start:end]])
+            ids = array("I", map(_ID, packets[start:end]))
             last = (end - start) * _WORDS
-            words[_SEQ:last:_WORDS] = ids  # the sequence number names the packet in errors
-            words[_ID:last:_WORDS] = _big_endian(ids)
+            words[_SEQ_WORD:last:_WORDS] = ids  # the sequence number names the packet in errors
+            words[_ID_WORD:last:_WORDS] = _big_endian(ids)
             if not isinstance(codes, int):
-                words[_CODE:last:_WORDS] = _big_endian(codes[start:end])
+                words[_CODE_WORD:last:_WORDS] = _big_endian(codes[start:end])
                 self._plain_code = None
             self._send_datagram(bytes(self._plain[: (end - start) * _PLAIN_SIZE]))
 

@@ -137,19 +137,26 @@ class Server:
                     dispatch(packet)
 
     def _serve_alone(self, queue: Queue) -> None:
-        """:meth:`handle` inlined for one queue served in its loop thread (the hot path)."""
+        """:meth:`handle` for one queue served in its loop thread (the hot path): the
+        verdicts of a burst are applied together when the handler returned verdicts."""
         stopping, receive, handler = self._stopping.is_set, queue.receive, self.handler
-        apply = queue._apply  # the loop thread's own way to decide
         while not stopping():
-            for packet in receive():
+            packets = receive()
+            results: list[object] = []
+            append = results.append
+            for packet in packets:
                 try:
-                    result = handler(packet)
+                    append(handler(packet))
                 except Exception:
                     self.failed(packet)
-                    continue
-                if result.__class__ is Verdict:
-                    apply(packet, result)
-                else:
+                    append(_FAILED)
+            if not packets:
+                continue
+            if set(map(type, results)) == {Verdict}:
+                queue._apply_all(packets, results)  # type: ignore[arg-type]
+                continue
+            for packet, result in zip(packets, results, strict=True):
+                if result is not _FAILED:
                     self.resolve(packet, result)
 
     def _next_wait(self) -> float:
@@ -162,6 +169,10 @@ class Server:
         self._stopping.set()
         for queue in self.queues:
             queue.wake()
+
+
+#: A handler's result when it raised (it got the default verdict at once).
+_FAILED = object()
 
 
 def _accept_all(packet: QueuedPacket) -> Verdict:
