@@ -554,6 +554,27 @@ def test_learned_layouts_give_what_the_walk_gives(
         assert known.spans(data) == expected  # from the learned layout this time
 
 
+def test_a_burst_of_the_learned_layout_knows_its_payloads_at_once() -> None:
+    queue, kernel = open_queue()
+    indev = attr_be32(const.ATTR_IFINDEX_INDEV, 2)
+    (first,) = received(queue, kernel, packet_message(1, attrs=[indev]))
+    assert first.payload == UDP4  # learns the layout
+    payloads = [UDP4, UDP4 + b"longer", UDP4[:21]]
+    same = received(queue, kernel, *(packet_message(i, p, attrs=[indev])
+                                     for i, p in enumerate(payloads, 2)))  # fmt: skip
+    assert [p._payload_at for p in same] == [44, 44, 44]  # 32 + INDEV (8) + a header
+    assert [p.payload for p in same] == payloads
+    marked = packet_message(6, attrs=[indev, attr_be32(const.ATTR_MARK, 7)])
+    padded = packet_message(6, b"odd", attrs=[indev], pad=True)
+    for odd, payload in ((marked, UDP4), (padded, b"odd")):
+        mixed = received(queue, kernel, packet_message(5, attrs=[indev]), odd)
+        assert [p._payload_at for p in mixed] == [0, 0]  # one of them differs: each on its own
+        assert [p.payload for p in mixed] == [UDP4, payload]
+        for packet in mixed:
+            packet.decide(ACCEPT)
+    queue.close()
+
+
 def test_a_learned_layout_is_not_taken_for_a_message_with_more_after_its_payload() -> None:
     known = AttributeLayouts()
     indev = attr_be32(const.ATTR_IFINDEX_INDEV, 3)

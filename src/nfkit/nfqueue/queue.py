@@ -366,7 +366,8 @@ class Queue:
             ids = _packet_ids(reader, len(datagrams))
             if ids is not None:
                 self._count_gaps(ids)
-                taken = list(map(QueuedPacket, repeat(self, len(ids)), datagrams, ids))
+                payload_at = repeat(self.layouts.payload_of_burst(reader, reader.lengths()))
+                taken = list(map(QueuedPacket, repeat(self, len(ids)), datagrams, ids, payload_at))
                 self._outstanding.update(zip(ids, taken, strict=True))
                 packets += taken
                 return
