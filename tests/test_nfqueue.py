@@ -997,7 +997,9 @@ def test_with_l4_payload_fixes_lengths_and_checksums(family: int) -> None:
 # -- handlers ------------------------------------------------------------------------
 
 
-def serve_once(queue: Queue, handler: Callable[[QueuedPacket], Any], **options: Any) -> Server:
+def serve_once(
+    queue: Queue, handler: Callable[[QueuedPacket], Any] | None, **options: Any
+) -> Server:
     server = Server(queue, handler, **options)
     expected = queue.stats.received + len(queue._transport._pending)  # type: ignore[attr-defined]
 
@@ -1038,6 +1040,16 @@ def test_handler_results_bools_verdicts_and_failures(caplog: pytest.LogCaptureFi
     assert (
         f"handler {name} raised on packet 5" in caplog.text and "RuntimeError: boom" in caplog.text
     )
+    queue.close()
+
+
+def test_without_a_handler_every_packet_is_accepted() -> None:
+    queue, kernel = open_queue(batch_verdicts=False)
+    kernel.inject(*(packet_message(i) for i in range(1, 4)))
+    serve_once(queue, None)
+    assert [(v["id"], v["code"]) for v in sent_verdicts(kernel)] == [
+        (1, Action.ACCEPT), (2, Action.ACCEPT), (3, Action.ACCEPT)
+    ]  # fmt: skip
     queue.close()
 
 

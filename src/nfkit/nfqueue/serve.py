@@ -138,26 +138,35 @@ class Server:
 
     def _serve_alone(self, queue: Queue) -> None:
         """:meth:`handle` for one queue served in its loop thread (the hot path): the
-        verdicts of a burst are applied together when the handler returned verdicts."""
+        verdicts the handler returned for a burst are applied together."""
         stopping, receive, handler = self._stopping.is_set, queue.receive, self.handler
         while not stopping():
             packets = receive()
-            results: list[object] = []
-            append = results.append
-            for packet in packets:
-                try:
-                    append(handler(packet))
-                except Exception:
-                    self.failed(packet)
-                    append(_FAILED)
             if not packets:
                 continue
+            if handler is _accept_all:
+                queue._apply_all(packets, [ACCEPT] * len(packets))
+                continue
+            results = self._results(packets)
             if set(map(type, results)) == {Verdict}:
                 queue._apply_all(packets, results)  # type: ignore[arg-type]
                 continue
             for packet, result in zip(packets, results, strict=True):
                 if result is not _FAILED:
                     self.resolve(packet, result)
+
+    def _results(self, packets: list[QueuedPacket]) -> list[object]:
+        """The handler's result for each packet; :data:`_FAILED` where it raised (that
+        packet got the default verdict)."""
+        results: list[object] = []
+        append, handler = results.append, self.handler
+        for packet in packets:
+            try:
+                append(handler(packet))
+            except Exception:
+                self.failed(packet)
+                append(_FAILED)
+        return results
 
     def _next_wait(self) -> float:
         """Seconds until the earliest deadline of any queue (at most a tick)."""
