@@ -606,11 +606,15 @@ def test_equal_verdicts_go_out_as_one_verdict_batch() -> None:
     for packet in received(queue, kernel, *(packet_message(i) for i in range(1, 5))):
         packet.decide(Verdict.accept(mark=9))
     queue.flush()
+    for packet in received(queue, kernel, *(packet_message(i) for i in range(5, 8))):
+        packet.decide(Verdict.drop(priority=3))  # equal, not the same object
+    queue.flush()
     assert sent_verdicts(kernel) == [
-        {"batch": True, "code": Action.ACCEPT, "id": 4, "seq": 4, "mark": 9}
+        {"batch": True, "code": Action.ACCEPT, "id": 4, "seq": 4, "mark": 9},
+        {"batch": True, "code": Action.DROP, "id": 7, "seq": 7, "priority": 3},
     ]
-    assert queue.stats.count(Action.ACCEPT) == 4
-    assert (queue.stats.sends, queue.stats.batches) == (1, 1)
+    assert queue.stats.count(Action.ACCEPT) == 4 and queue.stats.count(Action.DROP) == 3
+    assert (queue.stats.sends, queue.stats.batches) == (2, 2)
     queue.close()
 
 
@@ -666,16 +670,6 @@ def test_more_plain_verdicts_than_one_datagram_holds() -> None:
     queue.flush()
     assert [v["id"] for v in sent_verdicts(kernel)] == list(range(1, total + 1))
     assert len(sends) == 2 and queue.stats.sends == 2
-
-
-def test_equal_verdicts_that_are_different_objects_are_batched_too() -> None:
-    queue, kernel = open_queue()
-    for packet in received(queue, kernel, *(packet_message(i) for i in range(1, 4))):
-        packet.decide(Verdict.drop(priority=3))
-    queue.flush()
-    assert sent_verdicts(kernel) == [
-        {"batch": True, "code": Action.DROP, "id": 3, "seq": 3, "priority": 3}
-    ]
 
 
 def test_no_batch_while_an_older_packet_waits() -> None:
