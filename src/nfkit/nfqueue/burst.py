@@ -4,8 +4,9 @@ The kernel sends every queued packet in a datagram of its own, so reading
 them one ``recv`` at a time costs a system call per packet. ``recvmmsg``
 takes up to :data:`BURST` of them in one call, each into its own slot of one
 preallocated buffer; what arrived is copied out as ``bytes`` (packets may be
-kept beyond the next call). Without ctypes or a libc that has ``recvmmsg``, and for stand-in
-transports (tests), :func:`burst_reader` reads datagram by datagram.
+kept beyond the next call). Without ctypes or a libc that has ``recvmmsg``,
+and for stand-in transports (tests), :func:`burst_reader` reads datagram by
+datagram.
 """
 
 from __future__ import annotations
