@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from nfkit.logd.db import spool as spool_module
 from nfkit.logd.db.backend import (
     Backend,
     Column,
@@ -182,6 +183,25 @@ def test_file_spool_keeps_order_across_restarts(tmp_path: Path) -> None:
     assert not again and again.size == 0
     again.close()
     assert sorted(os.listdir(tmp_path)) == ["pg1.lock"]
+
+
+def test_file_spool_reads_a_chunk_at_a_time_even_across_a_large_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_READ_CHUNK", 64)  # a handful of records per read
+    spool = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
+    rows = [[index, "x" * (200 if index == 7 else 3)] for index in range(20)]
+    for row in rows:
+        assert spool.append(row)
+    sizes = []
+    while spool:
+        records = spool.read(1000)
+        sizes.append(len(records))
+        spool.consume(records)
+        assert [decode(record) for record in records] == rows[: len(records)]
+        del rows[: len(records)]
+    assert not rows and max(sizes) < 10 and 1 in sizes  # the 200-byte record alone
+    spool.close()
 
 
 def test_two_instances_of_one_id_take_their_own_spools(tmp_path: Path) -> None:

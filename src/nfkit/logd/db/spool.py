@@ -41,7 +41,9 @@ _MAGIC = b"NFKIT-SPOOL 1\n"
 _WRITE_AT = 64 * 1024
 _FIRST_SEQUENCE = 10**9  # room below for rows put back in front
 MAX_SHARING = 64  # instances of one id (in as many stacks) sharing a spool directory
-_READ_LIMIT = 64 << 20  # a batch of rows never comes near this
+#: Bytes read from a segment at a time: a batch of rows, not the rest of a segment
+#: (reading all of it for every batch made replay quadratic in the segment's size).
+_READ_CHUNK = 1 << 20
 
 
 def _encode_value(value: Any) -> Any:
@@ -372,14 +374,20 @@ class FileSpool(Spool):
         records: list[bytes] = []
         with open(segment.path, "rb") as file:
             file.seek(segment.offset)
-            data = file.read(min(segment.end - segment.offset, _READ_LIMIT))
-        at = 0
-        while len(records) < limit:
-            length = FileSpool._record_length(data, at)
-            if length is None:
-                break
-            records.append(data[at : at + length])
-            at += length
+            left = segment.end - segment.offset
+            data, at = b"", 0
+            while not records and left:  # more than one chunk only for a record larger
+                chunk = file.read(min(left, _READ_CHUNK))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                data, at = data[at:] + chunk, 0
+                while len(records) < limit:
+                    length = FileSpool._record_length(data, at)
+                    if length is None:
+                        break  # incomplete: the next read starts with it
+                    records.append(data[at : at + length])
+                    at += length
         return records
 
     def _consume(self, records: Sequence[bytes]) -> None:
