@@ -4,9 +4,15 @@ One lab, one queue (``iptables -t raw -j NFQUEUE`` in namespace b, then
 ``-j DROP`` in filter INPUT so nothing answers), one consumer at a time in b,
 pinned to CPU 1, while namespace a blasts TCP segments (64-byte payload, 512
 flows) at it from a TPACKET_V2 TX ring, pinned to CPU 0: 512 frames per
-``send``, 200-330k packets/s here, more than NetfilterQueue and nfkit answer,
-so their queue stays full and they never wait (the report says when the
-sender was the limit instead).
+``send``, 200-330k packets/s here. Two modes:
+
+* ``live``: the consumer answers while the sender sends (queue maxlen 1024);
+  measured over 3 s once the queue is full. When the consumer answers about
+  as fast as the sender sends, the sender is the limit (the report says so).
+* ``drain``: the consumer is stopped (SIGSTOP), the sender fills its queue
+  (maxlen 50,000) and stops, then the consumer is let go (SIGCONT) and
+  measured until the queue is empty: the most it can answer, a full burst at
+  a time, with CPU 1 to itself and nothing else on CPU 0 either.
 
 Contenders, each with two handlers (``accept``: accept every packet;
 ``dport``: accept TCP to port 9, drop other TCP, from the TCP header):
@@ -31,7 +37,8 @@ Throughput is counted by the kernel, the same way for every contender:
 verdicts delivered = packets handed to the socket (``id_sequence`` minus
 ``user_dropped`` in ``/proc/PID/net/netfilter/nfnetlink_queue``) minus
 those still waiting (``total``), sampled twice while the queue is saturated
-(after a warm-up). CPU is the consumer's user+sys time (``/proc/PID/stat``)
+(after a warm-up). CPU is the consumer's CPU time (``/proc/PID/schedstat``,
+its kernel part as ``/proc/PID/stat`` splits it)
 between the same two samples. Losses over the whole run: the kernel's
 queue-full and socket-full drops, and fail-open accepts (none: the queue has
 no FAIL_OPEN flag); the DROP rule's counter must equal the accept verdicts.
@@ -46,6 +53,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import itertools
 import json
 import mmap
 import os
@@ -58,7 +67,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,12 +80,21 @@ from nfkit.lab import Lab, unavailable_reason  # noqa: E402
 from nfkit.nfqueue.stats import KernelCounters, read_kernel_counters  # noqa: E402
 from nfkit.packet.build import build_ipv4, build_tcp  # noqa: E402
 from nflog_bench import background_load, environment, pin  # noqa: E402
-from reference import CLOCK_TICKS, iptables_restore  # noqa: E402
+from reference import iptables_restore  # noqa: E402
 from report import write_section  # noqa: E402
 
 QUEUE = 0
 PORT = 9  # discard
-MAXLEN = 1024
+#: How each mode binds the queue: maxlen, and the socket's receive buffer (the same for all).
+#: Linux 6.18 keeps queued packets in a hash table of 65,536 entries at most (for all queues);
+#: beyond, a packet is dropped after it took an id, which the verdict count cannot tell.
+QUEUE_SIZES = {"live": (1024, 2 << 20), "drain": (50_000, 64 << 20)}
+MODES = ("live", "drain")
+#: Seconds the sender fills the queue of a stopped consumer in drain mode (far more than
+#: the queue takes: it ends full).
+FILL_SECONDS = 1.5
+#: Fills and drains per drain run (a drain takes a few tenths of a second).
+DRAIN_CYCLES = 3
 CONTENDERS = ("NetfilterQueue", "nfkit", "nfkit-batch", "python-loop", "python-loop-batch")
 REFERENCE = "NetfilterQueue"
 HANDLERS = ("accept", "dport")
@@ -156,7 +174,7 @@ def raise_stop(_signo: int, _frame: object) -> None:
     raise Stop
 
 
-def netfilterqueue_consumer(handler_name: str) -> None:
+def netfilterqueue_consumer(handler_name: str, maxlen: int, receive_buffer: int) -> None:
     """NetfilterQueue bound to QUEUE, its ``run()`` until SIGTERM."""
     from netfilterqueue import NetfilterQueue
 
@@ -174,7 +192,8 @@ def netfilterqueue_consumer(handler_name: str) -> None:
             packet.drop()
 
     nfq = NetfilterQueue()
-    nfq.bind(QUEUE, {"accept": accept, "dport": dport}[handler_name], max_len=MAXLEN)
+    nfq.bind(QUEUE, {"accept": accept, "dport": dport}[handler_name], max_len=maxlen,
+             sock_len=receive_buffer)
     signal.signal(signal.SIGTERM, raise_stop)
     ready()
     try:
@@ -185,7 +204,7 @@ def netfilterqueue_consumer(handler_name: str) -> None:
         nfq.unbind()
 
 
-def nfkit_consumer(handler_name: str, batch: bool) -> None:
+def nfkit_consumer(handler_name: str, maxlen: int, receive_buffer: int, batch: bool) -> None:
     """A :class:`nfkit.nfqueue.Server` on QUEUE until SIGTERM."""
     from nfkit.nfqueue import ACCEPT, DROP, Queue, QueuedPacket, Server, Verdict
 
@@ -198,14 +217,14 @@ def nfkit_consumer(handler_name: str, batch: bool) -> None:
             return ACCEPT
         return DROP
 
-    with Queue(QUEUE, maxlen=MAXLEN, batch_verdicts=batch) as queue:
+    with Queue(QUEUE, maxlen=maxlen, batch_verdicts=batch, receive_buffer=receive_buffer) as queue:
         server = Server(queue, {"accept": accept, "dport": dport}[handler_name])
         signal.signal(signal.SIGTERM, lambda _signo, _frame: server.stop())
         ready()
         server.run()
 
 
-def python_loop_consumer(handler_name: str, batch: bool) -> None:
+def python_loop_consumer(handler_name: str, maxlen: int, receive_buffer: int, batch: bool) -> None:
     """The least a Python program can do: nfkit binds the queue, then a hand-written loop
     reads a burst of datagrams with one ``recvmmsg`` (nfkit's BurstReceiver), takes each
     packet id (and the TCP port), and answers the burst with one ``send`` (one
@@ -220,7 +239,7 @@ def python_loop_consumer(handler_name: str, batch: bool) -> None:
     first = struct.Struct("=4xH18xI").unpack_from  # message type, packet id (big-endian: below)
     verdict_tail = queue_prefix(QUEUE) + struct.pack("=HH", 12, 2)  # NFQA_VERDICT_HDR
     read_port = handler_name == "dport"
-    with Queue(QUEUE, maxlen=MAXLEN) as queue:
+    with Queue(QUEUE, maxlen=maxlen, receive_buffer=receive_buffer) as queue:
         sock = socket.socket(fileno=os.dup(queue.fileno()))
         sock.settimeout(None)
         receive = BurstReceiver(sock.fileno(), 1 << 16).receive
@@ -262,12 +281,13 @@ def ready() -> None:
     print(json.dumps({"event": "ready"}), flush=True)
 
 
-CONSUMERS: dict[str, Callable[[str], None]] = {
+#: Each gets the handler's name, the queue's maxlen and the socket's receive buffer.
+CONSUMERS: dict[str, Callable[[str, int, int], None]] = {
     "NetfilterQueue": netfilterqueue_consumer,
-    "nfkit": lambda handler: nfkit_consumer(handler, batch=False),
-    "nfkit-batch": lambda handler: nfkit_consumer(handler, batch=True),
-    "python-loop": lambda handler: python_loop_consumer(handler, batch=False),
-    "python-loop-batch": lambda handler: python_loop_consumer(handler, batch=True),
+    "nfkit": functools.partial(nfkit_consumer, batch=False),
+    "nfkit-batch": functools.partial(nfkit_consumer, batch=True),
+    "python-loop": functools.partial(python_loop_consumer, batch=False),
+    "python-loop-batch": functools.partial(python_loop_consumer, batch=True),
 }
 
 
@@ -290,8 +310,9 @@ class Sample:
     """The consumer's CPU time and its queue's kernel counters at one moment."""
 
     time: float
-    user: float
-    system: float
+    cpu: float  # seconds, exact (schedstat)
+    user_ticks: int  # how /proc/PID/stat splits it, in clock ticks
+    system_ticks: int
     counters: KernelCounters
 
     @property
@@ -309,20 +330,23 @@ class Sample:
 def sample(pid: int) -> Sample:
     """Read both, the time between the two reads."""
     before = time.monotonic()
+    with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+        cpu = int(f.read().split()[0]) / 1e9
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     counters = read_kernel_counters(f"/proc/{pid}/net/netfilter/nfnetlink_queue")[QUEUE]
-    return Sample((before + time.monotonic()) / 2, int(fields[11]) / CLOCK_TICKS,
-                  int(fields[12]) / CLOCK_TICKS, counters)
+    return Sample((before + time.monotonic()) / 2, cpu, int(fields[11]), int(fields[12]),
+                  counters)
 
 
 @dataclass
 class Run:
-    """One contender, one handler, one burst of traffic."""
+    """One contender, one handler, one mode, one burst of traffic."""
 
+    mode: str
     contender: str
     handler: str
-    # while measured (the queue saturated)
+    # while measured (live: the queue saturated; drain: from the start of the drain to its end)
     pps: float  # verdicts/s
     cpu_us: float  # the consumer's user+sys CPU µs per verdict
     sys_us: float  # of which in the kernel
@@ -369,23 +393,18 @@ def read_event(proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) 
     raise RuntimeError(f"no {what} from {proc.args!r} (exit {proc.poll()}): {stderr}")
 
 
-def run_one(lab: Lab, contender: str, handler: str, seconds: float, warmup: float,
+def run_one(lab: Lab, mode: str, contender: str, handler: str, seconds: float, warmup: float,
             patience: float) -> Run:
-    """Bind, blast for ``warmup + seconds``, measure ``seconds``, drain, stop, count."""
+    """Bind, send, measure (live or drain), let the queue empty, stop, count."""
     load = background_load(patience)
     iptables_restore(lab, lab.b, RULES)  # fresh counters
-    consumer = start(lab, lab.b.name, 1, "consume", contender, handler)
-    sender = None
+    maxlen, receive_buffer = QUEUE_SIZES[mode]
+    consumer = start(lab, lab.b.name, 1, "consume", contender, handler, str(maxlen),
+                     str(receive_buffer))
     try:
         read_event(consumer, "ready line")
-        sender = start(lab, lab.a.name, 0, "send", lab.a.ifname, lab.a.mac, lab.b.mac,
-                       str(lab.a.ip4), str(lab.b.ip4), str(warmup + seconds + 0.2))
-        read_event(sender, "start line")
-        time.sleep(warmup)
-        first = sample(consumer.pid)
-        time.sleep(seconds)
-        last = sample(consumer.pid)
-        sent = read_event(sender, "result", timeout=seconds + 30)
+        measure = measure_live if mode == "live" else measure_drain
+        sent, sender_pps, intervals = measure(lab, consumer.pid, seconds, warmup)
         final = drained(consumer.pid)
         reached = sum(r.packets for r in lab.rule_counters(lab.b, "PREROUTING", "raw")
                       if "NFQUEUE" in r.rule)
@@ -395,27 +414,88 @@ def run_one(lab: Lab, contender: str, handler: str, seconds: float, warmup: floa
             stderr = consumer.stderr.read().decode(errors="replace") if consumer.stderr else ""
             raise RuntimeError(f"{contender} exited with {consumer.returncode}: {stderr}")
     finally:
-        for proc in (consumer, sender):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-    answered, elapsed = last.verdicts - first.verdicts, last.time - first.time
-    user, system = last.user - first.user, last.system - first.system
-    return Run(contender, handler, answered / elapsed, (user + system) * 1e6 / answered,
-               system * 1e6 / answered, (last.offered - first.offered) / answered,
-               (user + system) / elapsed, int(sent["sent"]), sent["pps"],
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait(timeout=5)
+    answered, elapsed, cpu, offered = (
+        sum(getattr(last, name) - getattr(first, name) for first, last in intervals)
+        for name in ("verdicts", "time", "cpu", "offered")
+    )
+    # The kernel's share: /proc/PID/stat splits CPU time in clock ticks only.
+    ticks = [sum(getattr(last, name) - getattr(first, name) for first, last in intervals)
+             for name in ("user_ticks", "system_ticks")]
+    system = cpu * ticks[1] / sum(ticks) if sum(ticks) else 0.0
+    return Run(mode, contender, handler, answered / elapsed, cpu * 1e6 / answered,
+               system * 1e6 / answered, offered / answered, cpu / elapsed, sent, sender_pps,
                reached, final.verdicts, accepted, final.counters.dropped,
                final.counters.user_dropped, load)
 
 
-def drained(pid: int, timeout: float = 10.0) -> Sample:
+#: Packets sent, the sender's rate, and the intervals measured (first and last sample).
+Measured = tuple[int, float, list[tuple["Sample", "Sample"]]]
+
+
+def measure_live(lab: Lab, pid: int, seconds: float, warmup: float) -> Measured:
+    """Blast for ``warmup + seconds``; sample at ``warmup`` and ``seconds`` later."""
+    with sending(lab, warmup + seconds + 0.2) as sender:
+        time.sleep(warmup)
+        first = sample(pid)
+        time.sleep(seconds)
+        last = sample(pid)
+        sent = read_event(sender, "result", timeout=seconds + 30)
+    return int(sent["sent"]), sent["pps"], [(first, last)]
+
+
+def measure_drain(lab: Lab, pid: int, seconds: float, warmup: float) -> Measured:
+    """DRAIN_CYCLES times: fill the queue of the stopped consumer, let it go, sample until it
+    emptied the queue (it answers as fast as it can, a full burst at a time, alone)."""
+    sent, rates, intervals = 0, [], []
+    for _ in range(DRAIN_CYCLES):
+        os.kill(pid, signal.SIGSTOP)
+        with sending(lab, FILL_SECONDS) as sender:
+            result = read_event(sender, "result", timeout=FILL_SECONDS + 30)
+        first = settled(pid)
+        os.kill(pid, signal.SIGCONT)
+        intervals.append((first, drained(pid, pause=0.002)))
+        sent += int(result["sent"])
+        rates.append(result["pps"])
+    return sent, statistics.mean(rates), intervals
+
+
+@contextlib.contextmanager
+def sending(lab: Lab, seconds: float) -> Iterator[subprocess.Popen[bytes]]:
+    """The sender in namespace a, blasting for ``seconds`` (killed if still there at the end)."""
+    sender = start(lab, lab.a.name, 0, "send", lab.a.ifname, lab.a.mac, lab.b.mac,
+                   str(lab.a.ip4), str(lab.b.ip4), str(seconds))
+    try:
+        read_event(sender, "start line")
+        yield sender
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        sender.wait(timeout=5)
+
+
+def settled(pid: int, timeout: float = 10.0) -> Sample:
+    """The consumer's counters once no more packets reach its queue."""
+    deadline = time.monotonic() + timeout
+    before = sample(pid)
+    while True:
+        time.sleep(0.05)
+        now = sample(pid)
+        if now.offered == before.offered or time.monotonic() > deadline:
+            return now
+        before = now
+
+
+def drained(pid: int, timeout: float = 10.0, pause: float = 0.02) -> Sample:
     """The consumer's counters once nothing waits in its queue any more."""
     deadline = time.monotonic() + timeout
     while True:
         now = sample(pid)
         if now.counters.total == 0 or time.monotonic() > deadline:
             return now
-        time.sleep(0.02)
+        time.sleep(pause)
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -430,38 +510,44 @@ def median_range(values: Sequence[float], digits: int) -> str:
 
 
 def table(runs: list[Run]) -> str:
-    head = ("| handler | consumer | verdicts/s | CPU µs / verdict (of which kernel) "
+    head = ("| mode | handler | consumer | verdicts/s | CPU µs / verdict (of which kernel) "
             "| verdicts/s vs NetfilterQueue | CPU / verdict vs NetfilterQueue "
             "| offered / answered | consumer's CPU share | sent | sender's rate | verdicts "
             "| lost: queue full + socket full + fail-open | other load before |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for handler in HANDLERS:
-        reference = select_runs(runs, REFERENCE, handler)
-        for contender in CONTENDERS:
-            mine = select_runs(runs, contender, handler)
-            if not mine:
-                continue
-            compare = contender != REFERENCE and reference
-            speed = median_range(ratios(mine, reference, "pps"), 2) if compare else ""
-            cost = median_range(ratios(mine, reference, "cpu_us"), 2) if compare else ""
-            sent = sum(r.sent for r in mine)
-            lost = [sum(getattr(r, name) for r in mine)
-                    for name in ("queue_dropped", "user_dropped", "fail_open")]
-            lines.append(
-                f"| {handler} | {contender} | {median_range([r.pps for r in mine], 0)} "
-                f"| {median_range([r.cpu_us for r in mine], 2)} "
-                f"({statistics.median(r.sys_us for r in mine):.2f}) | {speed} | {cost} "
-                f"| {median_range([r.offered for r in mine], 2)} "
-                f"| {median_range([100 * r.cpu_share for r in mine], 0)} % | {sent:,} "
-                f"| {statistics.median(r.sender_pps for r in mine):,.0f}/s "
-                f"| {sum(r.verdicts for r in mine):,} "
-                f"| {100 * sum(lost) / sent:.0f} %: {lost[0]:,} + {lost[1]:,} + {lost[2]:,} "
-                f"| {100 * max(r.load for r in mine):.0f} % |")
+    for mode in MODES:
+        for handler in HANDLERS:
+            reference = select_runs(runs, mode, REFERENCE, handler)
+            for contender in CONTENDERS:
+                mine = select_runs(runs, mode, contender, handler)
+                if mine:
+                    lines.append(row(mine, reference if contender != REFERENCE else []))
     return "\n".join(lines)
 
 
-def select_runs(runs: list[Run], contender: str, handler: str) -> list[Run]:
-    return [r for r in runs if r.contender == contender and r.handler == handler]
+def row(mine: list[Run], reference: list[Run]) -> str:
+    """The table's line of one mode, handler and contender (compared with ``reference``)."""
+    speed = median_range(ratios(mine, reference, "pps"), 2) if reference else ""
+    cost = median_range(ratios(mine, reference, "cpu_us"), 2) if reference else ""
+    # Draining, the queue gets nothing new: nothing to compare the answers with.
+    offered = median_range([r.offered for r in mine], 2) if mine[0].mode == "live" else "-"
+    sent = sum(r.sent for r in mine)
+    lost = [sum(getattr(r, name) for r in mine)
+            for name in ("queue_dropped", "user_dropped", "fail_open")]
+    return (f"| {mine[0].mode} | {mine[0].handler} | {mine[0].contender} "
+            f"| {median_range([r.pps for r in mine], 0)} "
+            f"| {median_range([r.cpu_us for r in mine], 2)} "
+            f"({statistics.median(r.sys_us for r in mine):.2f}) | {speed} | {cost} | {offered} "
+            f"| {median_range([100 * r.cpu_share for r in mine], 0)} % | {sent:,} "
+            f"| {statistics.median(r.sender_pps for r in mine):,.0f}/s "
+            f"| {sum(r.verdicts for r in mine):,} "
+            f"| {100 * sum(lost) / sent:.0f} %: {lost[0]:,} + {lost[1]:,} + {lost[2]:,} "
+            f"| {100 * max(r.load for r in mine):.0f} % |")
+
+
+def select_runs(runs: list[Run], mode: str, contender: str, handler: str) -> list[Run]:
+    return [r for r in runs
+            if r.mode == mode and r.contender == contender and r.handler == handler]
 
 
 def ratios(mine: list[Run], reference: list[Run], name: str) -> list[float]:
@@ -472,30 +558,34 @@ def ratios(mine: list[Run], reference: list[Run], name: str) -> list[float]:
 def verdicts(runs: list[Run]) -> list[str]:
     """The targets, PASS or FAIL; and the accounting of every run."""
     out = []
-    for handler in HANDLERS:
-        reference = select_runs(runs, REFERENCE, handler)
-        for contender, target in TARGETS.items():
-            mine = select_runs(runs, contender, handler)
-            if not mine or not reference:
-                continue
-            ratio = statistics.median(ratios(mine, reference, "pps"))
-            out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}) "
-                       f"answers >= {target} x NetfilterQueue's packets/s: {ratio:.2f} x")
+    for mode, handler, (contender, target) in itertools.product(MODES, HANDLERS,
+                                                                TARGETS.items()):
+        reference = select_runs(runs, mode, REFERENCE, handler)
+        mine = select_runs(runs, mode, contender, handler)
+        if not mine or not reference:
+            continue
+        what = ("answers" if mode == "live" else "drains a full queue at") + " >="
+        ratio = statistics.median(ratios(mine, reference, "pps"))
+        out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}, {mode}) "
+                   f"{what} {target} x NetfilterQueue's packets/s: {ratio:.2f} x")
+        if mode == "live":
             # With a whole CPU each, packets/s would go as 1 / CPU per verdict: the same
-            # target measured where other programs' share of CPU 1 does not count.
+            # target where other programs' share of CPU 1 and the sender's limit do not count.
             ratio = statistics.median(1 / r for r in ratios(mine, reference, "cpu_us"))
-            out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}) "
+            out.append(f"{'PASS' if ratio >= target else 'FAIL'}: {contender} ({handler}, live) "
                        f"at equal CPU (NetfilterQueue's CPU per verdict / its own) "
                        f">= {target} x: {ratio:.2f} x")
-    bound = sorted({f"{r.contender} ({r.handler})" for r in runs if r.offered < SATURATED})
-    out.append(f"{'PASS' if not bound else 'NOTE'}: the queue was saturated while measured "
-               f"(at least {SATURATED} x the packets answered reached it)"
-               + (f", except in runs of {', '.join(bound)}: there the sender was the limit, "
-                  "their verdicts/s are lower bounds" if bound else ""))
+    bound = sorted({f"{r.contender} ({r.handler})" for r in runs
+                    if r.mode == "live" and r.offered < SATURATED})
+    if any(r.mode == "live" for r in runs):
+        out.append(f"{'PASS' if not bound else 'NOTE'}: live, the queue was saturated while "
+                   f"measured (at least {SATURATED} x the packets answered reached it)"
+                   + (f", except in runs of {', '.join(bound)}: there the sender was the limit, "
+                      "their verdicts/s are lower bounds" if bound else ""))
     unaccounted = [r for r in runs if r.accepted != r.verdicts or r.fail_open]
     out.append(f"{'PASS' if not unaccounted else 'FAIL'}: in every run the DROP rule after the "
                f"queue counted exactly the verdicts, and nothing was accepted fail-open"
-               + "".join(f"; {r.contender} {r.handler}: {r.accepted} vs {r.verdicts}, "
+               + "".join(f"; {r.contender} {r.handler} {r.mode}: {r.accepted} vs {r.verdicts}, "
                          f"fail-open {r.fail_open}" for r in unaccounted))
     return out
 
@@ -507,6 +597,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs per contender and handler")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--handlers", default=",".join(HANDLERS))
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="only print the table")
     parser.add_argument("--patience", type=float, default=5.0,
@@ -518,6 +609,7 @@ def main() -> int:
         return 2
     contenders = args.contenders.split(",")
     handlers = args.handlers.split(",")
+    modes = args.modes.split(",")
     command = shlex.join(["python", "bench/nfqueue_bench.py", *sys.argv[1:]])
     started = time.monotonic()
     runs: list[Run] = []
@@ -526,22 +618,24 @@ def main() -> int:
         for repeat in range(args.repeat):
             # rotate who goes first, so that no one always meets the same neighbours
             turn = repeat % len(contenders)
-            for contender in contenders[turn:] + contenders[:turn]:
-                for handler in handlers:
-                    run = run_one(lab, contender, handler, args.seconds, args.warmup,
-                                  args.patience)
-                    runs.append(run)
-                    print(f"#{repeat + 1} {contender} {handler}: {run.pps:,.0f} verdicts/s, "
-                          f"{run.cpu_us:.2f} µs CPU/verdict ({run.sys_us:.2f} sys, CPU share "
-                          f"{100 * run.cpu_share:.0f} %), offered "
-                          f"{run.offered:.2f} x; sent {run.sent:,} at {run.sender_pps:,.0f}/s, "
-                          f"verdicts {run.verdicts:,}, queue full {run.queue_dropped:,}, "
-                          f"socket full {run.user_dropped:,}, fail-open {run.fail_open} "
-                          f"(other load before: {100 * run.load:.0f} %)", file=sys.stderr)
+            for contender, mode, handler in itertools.product(
+                contenders[turn:] + contenders[:turn], modes, handlers
+            ):
+                run = run_one(lab, mode, contender, handler, args.seconds, args.warmup,
+                              args.patience)
+                runs.append(run)
+                print(f"#{repeat + 1} {contender} {handler} {mode}: {run.pps:,.0f} verdicts/s, "
+                      f"{run.cpu_us:.2f} µs CPU/verdict ({run.sys_us:.2f} sys, CPU share "
+                      f"{100 * run.cpu_share:.0f} %), offered "
+                      f"{run.offered:.2f} x; sent {run.sent:,} at {run.sender_pps:,.0f}/s, "
+                      f"verdicts {run.verdicts:,}, queue full {run.queue_dropped:,}, "
+                      f"socket full {run.user_dropped:,}, fail-open {run.fail_open} "
+                      f"(other load before: {100 * run.load:.0f} %)", file=sys.stderr)
     section = (f"{environment(command)}* nfkit at {nfkit_commit()}, NetfilterQueue "
                f"{netfilterqueue_version()}\n"
-               f"* {len(contenders)} consumers x {len(handlers)} handlers, "
-               f"{args.repeat} run(s) each, {args.seconds:g} s measured after {args.warmup:g} s; "
+               f"* {len(contenders)} consumers x {len(handlers)} handlers x {len(modes)} modes, "
+               f"{args.repeat} run(s) each; live: {args.seconds:g} s measured after "
+               f"{args.warmup:g} s; drain: {QUEUE_SIZES['drain'][0]:,} packets at most; "
                f"took {time.monotonic() - started:.0f} s\n\n{table(runs)}\n\n"
                + "".join(f"* {v}\n" for v in verdicts(runs)))
     print(section)
@@ -572,7 +666,7 @@ def entry() -> int:
         print(json.dumps(result), flush=True)
         return 0
     if sys.argv[1:2] == ["consume"]:
-        CONSUMERS[sys.argv[2]](sys.argv[3])
+        CONSUMERS[sys.argv[2]](sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
         return 0
     return main()
 
