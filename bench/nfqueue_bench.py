@@ -86,8 +86,9 @@ from report import write_section  # noqa: E402
 QUEUE = 0
 PORT = 9  # discard
 #: How each mode binds the queue: maxlen, and the socket's receive buffer (the same for all).
-#: Linux 6.18 keeps queued packets in a hash table of 65,536 entries at most (for all queues);
-#: beyond, a packet is dropped after it took an id, which the verdict count cannot tell.
+#: Linux 6.18 finds queued packets in one hash table (all queues), which grows in the
+#: background: filled fast, it took 65,536 at most here, and a packet it could not take was
+#: dropped after it took an id, which the verdict count cannot tell from an answer.
 QUEUE_SIZES = {"live": (1024, 2 << 20), "drain": (50_000, 64 << 20)}
 MODES = ("live", "drain")
 #: Seconds the sender fills the queue of a stopped consumer in drain mode (far more than
