@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from nfkit.logd.plugins._ratelimit import LogLimiter
+from nfkit.ratelimit import LogLimiter
 
 log = logging.getLogger("nfkit.nfqueue")
 

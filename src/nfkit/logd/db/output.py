@@ -56,8 +56,8 @@ from nfkit.logd.db.writer import RejectFile, Writer, WriterSettings
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event
 from nfkit.logd.plugin import ERROR, BatchPlugin, DataType, Option, Plugin, Role
-from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.plugins._wildcard import upstream_keys
+from nfkit.ratelimit import LogLimiter
 
 DEFAULT_CONNECT_TIMEOUT = 10
 #: Memory queue, in batches: a second of 50k rows/s, so that a slow commit does not

@@ -41,9 +41,9 @@ from typing import Any
 from nfkit.logd.errors import ConfigError
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import ERROR, DataType, Option, Plugin, Role
-from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.plugins.json_output import LineSender, resolve
 from nfkit.logd.registry import register
+from nfkit.ratelimit import LogLimiter
 
 IPFIX_VERSION = 10
 TEMPLATE_SET_ID = 2

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import DataType, InputPlugin, Option, Plugin
-from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.registry import register
 from nfkit.netlink import DecodeError, NetlinkError, NetlinkPermissionError
 from nfkit.nfacct import Accounting, Nfacct
+from nfkit.ratelimit import LogLimiter
 
 T = KeyType
 

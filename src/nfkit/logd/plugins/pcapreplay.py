@@ -48,7 +48,6 @@ from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event
 from nfkit.logd.loop import Timer
 from nfkit.logd.plugin import Context, DataType, InputPlugin, Option
-from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.plugins.nflog import FIELD_KEYS, NFLOG, SEQ_KEY
 from nfkit.logd.registry import register
 from nfkit.netlink.errors import DecodeError
@@ -77,6 +76,7 @@ from nfkit.packet.capture import (
     encode_nflog,
     open_capture,
 )
+from nfkit.ratelimit import LogLimiter
 
 #: Packets per batch: as many as an NFLOG datagram of small packets carries, and
 #: few enough that signals and timers are served often.

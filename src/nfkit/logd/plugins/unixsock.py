@@ -46,9 +46,9 @@ from typing import Any
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Event, KeyType, keys
 from nfkit.logd.plugin import DataType, InputPlugin, Option, Plugin
-from nfkit.logd.plugins._ratelimit import LogLimiter
 from nfkit.logd.registry import register
 from nfkit.netlink.errors import DecodeError
+from nfkit.ratelimit import LogLimiter
 
 T = KeyType
 
