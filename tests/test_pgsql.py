@@ -160,12 +160,29 @@ def test_flat_schema_via_insert_stores_typed_values(postgres: Postgres, database
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("twin", [True, False], ids=["set-based-twin", "row-by-row"])
 def test_insert_packet_full_fills_the_normalized_schema(postgres: Postgres, database: str,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, twin: bool) -> None:
     load_schema(postgres, database)
-    plugin = configured(postgres, database, tmp_path, "ulog", "INSERT_PACKET_FULL")
+    if not twin:  # as with ulogd2's schema: INSERT_PACKET_FULL once per row
+        postgres.psql("DROP FUNCTION insert_packet_full_batch(regclass)", database)
+    postgres.psql(f"ALTER DATABASE {database} SET track_functions = 'all'")
+    rejects = tmp_path / "rejected.json"
+    plugin = configured(postgres, database, tmp_path, "ulog", "INSERT_PACKET_FULL",
+                        reject_file=str(rejects))
     assert len(plugin.names) == 59  # the ulog view without _id: INSERT_PACKET_FULL's arguments
-    write(plugin, [with_mac(tcp4_event()), udp4_event(), icmp4_event(), tcp6_event()])
+    too_far = udp4_event() | {"oob.prefix": "TTL", "ip.ttl": 70_000}  # ip_ttl is a smallint
+    write(plugin, [with_mac(tcp4_event()), udp4_event(), too_far, icmp4_event(), tcp6_event()])
+    calls = {name: int(count) for name, count in query(
+        postgres, database, "SELECT funcname, calls FROM pg_stat_user_functions")}
+    if twin:
+        assert calls.get("insert_packet_full_batch", 0) >= 1
+        assert "insert_packet_full" not in calls
+    else:
+        assert calls["insert_packet_full"] >= 4
+    refused = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["row"]["oob_prefix"], r["row"]["ip_ttl"]) for r in refused] == [("TTL", 70000)]
+    assert "smallint out of range" in refused[0]["reason"]
     assert query(postgres, database,
                  "SELECT ip_saddr_str, tcp_sport, ip_daddr_str, tcp_dport FROM view_tcp_quad "
                  "ORDER BY _id") == [

@@ -449,6 +449,47 @@ def test_one_mac_row_per_address_pair(pg: Any) -> None:
     assert pg.execute("SELECT count(*) FROM hwhdr WHERE _hw_id = %s", (first,)).fetchone() == (0,)
 
 
+def test_the_set_based_twin_stores_what_insert_packet_full_stores(pg: Any) -> None:
+    """INSERT_PACKET_FULL_BATCH over a staging table (as PGSQL fills it) against
+    INSERT_PACKET_FULL row by row: the same ulog rows, ids in row order, one mac row
+    per new address triple."""
+    fresh = {**UDP6, "mac_saddr_str": "02:00:00:00:03:01", "mac_daddr_str": "02:00:00:00:03:02",
+             "oob_protocol": 0x86DD}
+    packets = [*PACKETS.values(), fresh, fresh, {**TCP, "oob_prefix": "no mac"}]
+    names = columns_of(pg, "ulog")[1:]
+    (arguments,) = pg.execute(
+        "SELECT array_agg(format('%I %s', name, format_type(type, NULL)) ORDER BY n) "
+        "FROM pg_proc, unnest(proargnames, proargtypes::oid[]) WITH ORDINALITY AS a(name, type, n) "
+        "WHERE proname = 'insert_packet_full'"
+    ).fetchone()
+    with pg.transaction():
+        pg.execute(f"CREATE TEMPORARY TABLE staged (_n bigserial, {', '.join(arguments)}) "
+                   "ON COMMIT DROP")
+        argument_names = [argument.split()[0] for argument in arguments]
+        placeholders = ", ".join(["%s"] * len(names))
+        for packet in packets:
+            pg.execute(f"INSERT INTO staged ({', '.join(argument_names)}) VALUES ({placeholders})",
+                       [packet.get(name) for name in names])
+        (stored,) = pg.execute("SELECT INSERT_PACKET_FULL_BATCH('staged')").fetchone()
+    assert stored == len(packets)
+    (last,) = pg.execute("SELECT max(_id) FROM ulog2").fetchone()
+    batch_ids = list(range(last - len(packets) + 1, last + 1))
+    assert [row[0] for row in pg.execute(
+        "SELECT _id FROM ulog2 WHERE _id >= %s ORDER BY _id", (batch_ids[0],))] == batch_ids
+    row_ids = [call(pg, "INSERT_PACKET_FULL", "ulog", packet) for packet in packets]
+    for batch_id, row_id in zip(batch_ids, row_ids, strict=True):
+        by_batch, by_row = read_ulog(pg, batch_id), read_ulog(pg, row_id)
+        assert (by_batch.pop("_id"), by_row.pop("_id")) == (batch_id, row_id)
+        assert by_batch == by_row
+    fresh_rows = "SELECT count(*) FROM mac WHERE mac_saddr = '02:00:00:00:03:01'"
+    assert pg.execute(fresh_rows).fetchone() == (1,)
+    for table, column in (("tcp", "_tcp_id"), ("udp", "_udp_id"), ("hwhdr", "_hw_id"),
+                          ("icmp", "_icmp_id"), ("icmpv6", "_icmpv6_id"), ("sctp", "_sctp_id")):
+        count = f"SELECT count(*) FROM {table} WHERE {column} = ANY(%s)"
+        assert (pg.execute(count, (batch_ids,)).fetchone()
+                == pg.execute(count, (row_ids,)).fetchone()), table
+
+
 def test_delete_packet_and_compress_tables(pg: Any) -> None:
     lonely = {**TCP, "mac_saddr_str": "02:00:00:00:02:01", "mac_daddr_str": "02:00:00:00:02:02"}
     packet_id = call(pg, "INSERT_PACKET_FULL", "ulog", lonely)
@@ -859,7 +900,9 @@ NOT_IN_NFKIT = {
     "sqlite3": {},
 }
 ONLY_IN_NFKIT = {
-    "pgsql": {},
+    "pgsql": {
+        "INSERT_PACKET_FULL_BATCH": "INSERT_PACKET_FULL for a batch, which PGSQL calls instead",
+    },
     "pgsql-flat": {
         "nfacct": "accounting objects fit the flat schema as well",
         "INSERT_NFACCT": "accounting objects fit the flat schema as well",

@@ -402,6 +402,77 @@ BEGIN
   RETURN packet_id;
 END $$;
 
+-- INSERT_PACKET_FULL for a whole batch: PGSQL copies each batch into a
+-- temporary table (its columns: _n, the order of the rows, then the
+-- arguments of INSERT_PACKET_FULL under their names) and, finding this twin,
+-- calls it once instead of INSERT_PACKET_FULL once per row. The same rows
+-- land in the same tables, ids in row order; a few statements per batch
+-- instead of four or five per packet. Returns the number of packets stored.
+CREATE OR REPLACE FUNCTION INSERT_PACKET_FULL_BATCH(batch regclass)
+RETURNS bigint LANGUAGE plpgsql SECURITY INVOKER AS $$
+DECLARE
+  stored bigint;
+BEGIN
+  -- New address triples first (in one statement), so that every packet
+  -- finds its mac row in the next one.
+  EXECUTE format($sql$
+    INSERT INTO mac (mac_saddr, mac_daddr, mac_protocol)
+    SELECT DISTINCT b.mac_saddr, b.mac_daddr, b.mac_protocol FROM %s AS b
+    WHERE b.mac_saddr IS NOT NULL AND NOT EXISTS (
+      SELECT 1 FROM mac
+      WHERE mac.mac_saddr = b.mac_saddr AND mac.mac_daddr IS NOT DISTINCT FROM b.mac_daddr
+        AND mac.mac_protocol IS NOT DISTINCT FROM b.mac_protocol)
+    ON CONFLICT DO NOTHING $sql$, batch);
+  EXECUTE format($sql$
+    WITH packet AS MATERIALIZED (
+      SELECT nextval('ulog2__id_seq') AS packet_id, b.*,
+        (SELECT mac._mac_id FROM mac
+         WHERE mac.mac_saddr = b.mac_saddr AND mac.mac_daddr IS NOT DISTINCT FROM b.mac_daddr
+           AND mac.mac_protocol IS NOT DISTINCT FROM b.mac_protocol
+         LIMIT 1) AS packet_mac_id
+      FROM (SELECT * FROM %s ORDER BY _n) AS b),
+    packets AS (
+      INSERT INTO ulog2 (_id, oob_time_sec, oob_time_usec, oob_hook, oob_prefix, oob_mark,
+                         oob_in, oob_out, oob_family, ip_saddr_str, ip_daddr_str, ip_protocol,
+                         ip_tos, ip_ttl, ip_totlen, ip_ihl, ip_csum, ip_id, ip_fragoff,
+                         ip6_payloadlen, ip6_priority, ip6_hoplimit, ip6_flowlabel, ip6_fragoff,
+                         ip6_fragid, label, mac_id)
+      SELECT packet_id, oob_time_sec, oob_time_usec, oob_hook, oob_prefix, oob_mark, oob_in,
+             oob_out, oob_family, ip_saddr_str, ip_daddr_str, ip_protocol, ip_tos, ip_ttl,
+             ip_totlen, ip_ihl, ip_csum, ip_id, ip_fragoff, ip6_payloadlen, ip6_priority,
+             ip6_hoplimit, ip6_flowlabel, ip6_fragoff, ip6_fragid, label, packet_mac_id
+      FROM packet ORDER BY packet_id),
+    tcp_rows AS (
+      INSERT INTO tcp (_tcp_id, tcp_sport, tcp_dport, tcp_seq, tcp_ackseq, tcp_window,
+                       tcp_urg, tcp_urgp, tcp_ack, tcp_psh, tcp_rst, tcp_syn, tcp_fin)
+      SELECT packet_id, tcp_sport, tcp_dport, tcp_seq, tcp_ackseq, tcp_window, tcp_urg,
+             tcp_urgp, tcp_ack, tcp_psh, tcp_rst, tcp_syn, tcp_fin
+      FROM packet WHERE ip_protocol = 6),
+    udp_rows AS (
+      INSERT INTO udp (_udp_id, udp_sport, udp_dport, udp_len)
+      SELECT packet_id, udp_sport, udp_dport, udp_len FROM packet WHERE ip_protocol = 17),
+    icmp_rows AS (
+      INSERT INTO icmp (_icmp_id, icmp_type, icmp_code, icmp_echoid, icmp_echoseq,
+                        icmp_gateway, icmp_fragmtu)
+      SELECT packet_id, icmp_type, icmp_code, icmp_echoid, icmp_echoseq, icmp_gateway,
+             icmp_fragmtu
+      FROM packet WHERE ip_protocol = 1),
+    icmpv6_rows AS (
+      INSERT INTO icmpv6 (_icmpv6_id, icmpv6_type, icmpv6_code, icmpv6_echoid,
+                          icmpv6_echoseq, icmpv6_csum)
+      SELECT packet_id, icmpv6_type, icmpv6_code, icmpv6_echoid, icmpv6_echoseq, icmpv6_csum
+      FROM packet WHERE ip_protocol = 58),
+    sctp_rows AS (
+      INSERT INTO sctp (_sctp_id, sctp_sport, sctp_dport, sctp_csum)
+      SELECT packet_id, sctp_sport, sctp_dport, sctp_csum FROM packet WHERE ip_protocol = 132),
+    hardware_rows AS (
+      INSERT INTO hwhdr (_hw_id, raw_type, raw_header)
+      SELECT packet_id, raw_type, raw_header FROM packet
+      WHERE raw_type IS DISTINCT FROM 1 AND (raw_type IS NOT NULL OR raw_header IS NOT NULL))
+    SELECT count(*) FROM packet $sql$, batch) INTO stored;
+  RETURN stored;
+END $$;
+
 -- Maintenance
 
 -- Delete one packet and its headers.
