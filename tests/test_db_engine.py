@@ -7,10 +7,14 @@ driven through it. Real servers: tests/test_pgsql.py.
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import os
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,7 +37,7 @@ from nfkit.logd.db.backend import (
 from nfkit.logd.db.backend import quote_identifier as quote
 from nfkit.logd.db.columns import FirstColumn, default_converter, map_columns
 from nfkit.logd.db.output import COMMON_OPTIONS, SPOOL_OPTIONS, DatabaseOutput
-from nfkit.logd.db.spool import FileSpool, MemorySpool, decode
+from nfkit.logd.db.spool import FileSpool, MemorySpool, decode, encode
 from nfkit.logd.db.writer import RejectFile, Writer, WriterSettings
 from nfkit.logd.errors import ConfigError, StartError
 from nfkit.logd.keys import Key, KeyType
@@ -218,9 +222,11 @@ def test_two_instances_of_one_id_take_their_own_spools(tmp_path: Path) -> None:
 
 
 def test_file_spool_is_bounded(tmp_path: Path) -> None:
+    row = ["0123456789" * 2]
     spool = FileSpool(str(tmp_path), "pg1", 100, LOG)
-    accepted = [spool.append(["0123456789" * 2]) for _ in range(10)]
-    assert accepted == [True] * 3 + [False] * 7
+    accepted = [spool.append(row) for _ in range(10)]
+    fit = 100 // len(encode(row))
+    assert fit >= 2 and accepted == [True] * fit + [False] * (10 - fit)
     assert spool.size <= 100
 
 
@@ -235,6 +241,44 @@ def test_file_spool_skips_a_torn_tail(tmp_path: Path, caplog: pytest.LogCaptureF
     again = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
     assert again.damaged == 1 and "damaged record" in caplog.text
     assert read_all(again) == [[0], [1], [2]]
+
+
+def test_a_json_spool_of_an_earlier_version_is_converted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Segments of the first format (rows as JSON, bytes as {"b": hex}) are replayed from
+    their saved offset after an upgrade; a damaged tail is still skipped and counted."""
+    rows = [[1, "stored already", None], [2, "caf\u00e9 \udcff", {"b": "00ff"}, True],
+            [3, 1.5, None]]
+
+    def record(row: list[Any]) -> bytes:
+        payload = json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+    caplog.set_level(logging.INFO)
+    records = [record(row) for row in rows]
+    segment = tmp_path / "pg1.000001000000.spool"
+    segment.write_bytes(b"NFKIT-SPOOL 1\n" + b"".join(records) + b"\x00\x00\x01")
+    Path(f"{segment}.pos").write_text(f"{14 + len(records[0])}\n")
+    spool = FileSpool(str(tmp_path), "pg1", 1 << 20, LOG)
+    assert (spool.rows, spool.damaged) == (2, 1)
+    assert "converted to the current format" in caplog.text
+    assert not Path(f"{segment}.pos").exists()
+    assert segment.read_bytes().startswith(b"NFKIT-SPOOL 2\n")
+    assert read_all(spool) == [[2, "caf\u00e9 \udcff", b"\x00\xff", True], [3, 1.5, None]]
+    spool.close()
+
+
+def test_spooled_values_come_back_as_plain_types() -> None:
+    class Hook(enum.IntEnum):
+        FORWARD = 2
+
+    row = [Hook.FORWARD, bytearray(b"\x01"), memoryview(b"\x02"), False, "x", 2**70, None]
+    back = decode(encode(row))
+    assert back == [2, b"\x01", b"\x02", False, "x", 2**70, None]
+    assert [type(value) for value in back[:4]] == [int, bytes, bytes, bool]
+    with pytest.raises(TypeError, match="cannot spool a object"):
+        encode([object()])
 
 
 def test_memory_spool() -> None:
