@@ -21,9 +21,10 @@ pytestmark = pytest.mark.lab
 GROUP = 9
 
 
-def start_logd(lab: Lab, ns: object, conf: Path, logfile: Path) -> subprocess.Popen[bytes]:
+def start_logd(lab: Lab, ns: object, conf: Path, logfile: Path,
+               *options: str) -> subprocess.Popen[bytes]:
     daemon = lab.popen(
-        ns, sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf),
+        ns, sys.executable, "-m", "nfkit.cli.main", "logd", "-c", str(conf), *options,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 15

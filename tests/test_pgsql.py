@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pwd
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +28,7 @@ import pytest
 from dbservers import Postgres
 from nfkit.cli import db as db_cli
 from nfkit.lab import Lab
+from nfkit.logd.db.spool import FileSpool
 from nfkit.logd.errors import ConfigError
 from nfkit.logd.plugin import Context, Plugin, Settings
 from nfkit.logd.registry import plugins
@@ -503,3 +508,51 @@ def test_a_30_second_outage_loses_no_row(
     assert "no connection to" in log and "connected to" in log and "again" in log
     assert PASSWORD not in log
     assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+@pytest.mark.lab
+def test_the_spool_belongs_to_the_user_the_daemon_drops_to(
+    lab: Lab, postgres: Postgres, database: str, tmp_path: Path
+) -> None:
+    """With -u nobody the spool directory the daemon creates, and its files, are nobody's:
+    rows spooled during an outage are kept, and a second run as nobody replays them."""
+    load_schema(postgres, database)
+    base = Path(tempfile.mkdtemp(prefix="nfkit-spool-"))  # nobody can traverse /tmp
+    os.chmod(base, 0o755)
+    spool = base / "spool"
+    try:
+        conf = daemon_config(
+            tmp_path, [f"log1:NFLOG,{PACKET_STACK_LINE},pgsql1:PGSQL"],
+            f"[log1]\ngroup={GROUP}\nnetlink_qtimeout=1\n[pgsql1]\n"
+            + pg_section(postgres, database, spool_dir=str(spool), reconnect=1),
+        )
+        lab.iptables(lab.b, "-A", "INPUT", "-p", "udp", "--dport", "5002", "-j", "NFLOG",
+                     "--nflog-group", str(GROUP))  # fmt: skip
+        log = tmp_path / "logd.log"
+        daemon = start_logd(lab, lab.b, conf, log, "-u", "nobody")
+        postgres.stop()
+        try:
+            lab.udp(lab.a, lab.b.ip4 or "", 5002, count=50, rate=100, timeout=10)
+            logged = lab.rule_counters(lab.b, "INPUT")[0].packets
+            assert logged == 50
+            stop_logd(daemon)
+        finally:
+            postgres.start()
+        nobody = pwd.getpwnam("nobody").pw_uid
+        files = list(spool.iterdir())
+        assert spool.stat().st_uid == nobody
+        assert any(f.name.endswith(".spool") for f in files), files
+        assert all(f.stat().st_uid == nobody for f in files), files
+        assert "cannot write" not in log.read_text()
+        held = FileSpool(str(spool), "pgsql1", 1 << 30)
+        try:
+            assert held.rows == logged
+        finally:
+            held.close()
+        daemon = start_logd(lab, lab.b, conf, log, "-u", "nobody")
+        count = "SELECT count(*) FROM ulog2"
+        wait_for(lambda: query(postgres, database, count) == [[str(logged)]], f"{logged} rows")
+        stop_logd(daemon)
+        assert not list(spool.glob("*.spool"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -196,6 +196,7 @@ class Daemon:
                 _daemonize()
             if self.pidfile is not None:
                 self.pidfile.write()
+            self.context.run_as = self._target_ids()
             pipeline.start()
             self._drop_privileges()
             for signo in (signal.SIGTERM, signal.SIGINT):
@@ -250,20 +251,27 @@ class Daemon:
                     NOTICE, "stack %s: %d events dropped on errors", stack.text, stack.errors
                 )
 
-    def _drop_privileges(self) -> None:
+    def _target_ids(self) -> tuple[int, int] | None:
+        """The uid and gid -u/-g ask for (the current ones where one is missing), or None."""
         user, group = self.options.user, self.options.group
         if not user and not group:
-            return
-        gid = None
-        if group:
-            gid = _lookup_group(group)
+            return None
+        gid = _lookup_group(group) if group else None
         if user:
             entry = _lookup_user(user)
-            gid = entry.pw_gid if gid is None else gid
+            return entry.pw_uid, entry.pw_gid if gid is None else gid
+        return os.getuid(), gid if gid is not None else os.getgid()
+
+    def _drop_privileges(self) -> None:
+        target = self._target_ids()
+        if target is None:
+            return
+        uid, gid = target
+        if self.options.user:
             os.setgid(gid)
-            os.initgroups(entry.pw_name, gid)
-            os.setuid(entry.pw_uid)
-        elif gid is not None:
+            os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+            os.setuid(uid)
+        else:
             os.setgroups([])
             os.setgid(gid)
         self.log.info("dropped privileges to uid %d gid %d", os.getuid(), os.getgid())

@@ -84,6 +84,9 @@ class Context:
         self.loop = loop
         self.log = logger or logging.getLogger("nfkit.logd")
         self._shared: dict[tuple[str, Any], Any] = {}
+        #: (uid, gid) the daemon runs as once started (-u/-g), None: as it is. Files a
+        #: plugin creates at start and keeps using must be theirs.
+        self.run_as: tuple[int, int] | None = None
 
     def shared(self, kind: str, key: Any, factory: Callable[[], Any]) -> Any:
         """One object per ``(kind, key)`` for the whole daemon (e.g. an NFLOG group)."""

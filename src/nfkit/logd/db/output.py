@@ -252,7 +252,7 @@ class DatabaseOutput(BatchPlugin):
             return MemorySpool(self.settings["backlog_memcap"]), False
         try:
             return FileSpool(directory, self._file_name(), self.settings["spool_max_bytes"],
-                             self.log), True
+                             self.log, self.context.run_as), True
         except OSError as exc:
             raise StartError(
                 f"cannot use spool directory {directory!r}: {exc.strerror or exc}",

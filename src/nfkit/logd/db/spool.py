@@ -31,6 +31,7 @@ import json
 import logging
 import marshal
 import os
+import pwd
 import re
 import struct
 import zlib
@@ -184,6 +185,30 @@ class MemorySpool(Spool):
         """The rows are lost with the process; the writer reports them."""
 
 
+def _hand_over(directory: str, created: bool, owner: tuple[int, int]) -> None:
+    """Give a directory created for the daemon to its user; check that an existing one is
+    writable for them (OSError EACCES if not)."""
+    uid, gid = owner
+    if created:
+        os.chown(directory, uid, gid)
+        return
+    status = os.stat(directory)
+    try:
+        entry = pwd.getpwuid(uid)
+        groups = set(os.getgrouplist(entry.pw_name, gid))
+    except KeyError:
+        groups = {gid}
+    mode = status.st_mode
+    writable = (
+        uid == 0
+        or (status.st_uid == uid and mode & 0o300 == 0o300)
+        or (status.st_uid != uid and status.st_gid in groups and mode & 0o030 == 0o030)
+        or (status.st_uid != uid and status.st_gid not in groups and mode & 0o003 == 0o003)
+    )
+    if not writable:
+        raise OSError(errno.EACCES, f"not writable for uid {uid} (-u): chown it to that user")
+
+
 @dataclass
 class _Segment:
     sequence: int
@@ -204,24 +229,35 @@ class FileSpool(Spool):
         name: the segments' prefix (the output instance's id).
         max_bytes: total size bound.
         log: where damaged records are reported.
+        owner: (uid, gid) of the daemon after it drops privileges: a directory
+            created here and this spool's files become theirs; an existing
+            directory must be writable for them.
 
     Raises OSError when the directory cannot be used.
     """
 
     def __init__(
-        self, directory: str, name: str, max_bytes: int, log: logging.Logger | None = None
+        self, directory: str, name: str, max_bytes: int, log: logging.Logger | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(max_bytes)
         self.directory = directory
         self.log = log or logging.getLogger("nfkit.logd")
         self.segment_bytes = max(1 << 20, min(64 << 20, max_bytes // 8))
+        created = not os.path.isdir(directory)
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        if owner is not None:
+            _hand_over(directory, created, owner)
         self._lock_fd, self.name = self._claim(name)
         self._segments: list[_Segment] = []
         self._pending = bytearray()
         self._fd: int | None = None  # of the last segment, appending
         self._failing = False
         self._load()
+        if owner is not None:
+            for entry in os.listdir(directory):
+                if entry.startswith(self.name + "."):
+                    os.chown(os.path.join(directory, entry), *owner)
 
     # -- start-up -------------------------------------------------------------
 
