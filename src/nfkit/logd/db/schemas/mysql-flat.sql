@@ -30,7 +30,7 @@ DROP PROCEDURE nfkit_refuse_normalized;
 
 CREATE TABLE IF NOT EXISTS _format (
   version int NOT NULL
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 INSERT INTO _format (version) SELECT 1 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM _format);
 
 -- Extension tables joined to ulog2 by packet id (for tools that look here).
@@ -39,13 +39,13 @@ CREATE TABLE IF NOT EXISTS _extensions (
   ext_name varchar(64) NOT NULL,
   table_name varchar(64) NOT NULL,
   join_name varchar(64) NOT NULL
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS ip_proto (
   _proto_id int unsigned NOT NULL PRIMARY KEY,
   proto_name varchar(16) DEFAULT NULL,
   proto_desc varchar(255) DEFAULT NULL
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 INSERT IGNORE INTO ip_proto (_proto_id, proto_name, proto_desc) VALUES
   (0, 'ip', 'Internet Protocol (pseudo protocol number)'),
   (1, 'icmp', 'Internet Control Message Protocol'),
@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS ulog2 (
   icmpv6_csum int unsigned DEFAULT NULL,
   KEY ip_saddr (ip_saddr_bin),
   KEY ip_daddr (ip_daddr_bin)
-) ENGINE=InnoDB COMMENT='IP packets';
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='IP packets';
 
 -- An address of a binary(16) column as text: ::ffff:192.0.2.1, 2001:db8::1.
 DROP FUNCTION IF EXISTS BIN_TO_IPV6;
@@ -204,7 +204,7 @@ CREATE TABLE IF NOT EXISTS ulog2_ct (
                    reply_l4_dport),
   KEY orig_ip_daddr (orig_ip_daddr),
   KEY orig_l4_dport (orig_l4_dport)
-) ENGINE=InnoDB COMMENT='conntrack flows';
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='conntrack flows';
 
 CREATE OR REPLACE SQL SECURITY INVOKER VIEW conntrack AS
   SELECT _ct_id, oob_family,
