@@ -11,6 +11,7 @@ import enum
 import json
 import logging
 import os
+import pwd
 import struct
 import threading
 import time
@@ -279,6 +280,26 @@ def test_spooled_values_come_back_as_plain_types() -> None:
     assert [type(value) for value in back[:4]] == [int, bytes, bytes, bool]
     with pytest.raises(TypeError, match="cannot spool a object"):
         encode([object()])
+
+
+def test_a_spool_directory_the_user_cannot_write_is_refused(tmp_path: Path) -> None:
+    """-u: an existing directory must be writable for the user the daemon drops to; one it
+    creates is given to that user."""
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # root's
+    with pytest.raises(OSError, match=r"not writable for uid \d+ \(-u\)"):
+        FileSpool(str(closed), "pg1", 1 << 20, LOG, owner)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    FileSpool(str(shared), "pg1", 1 << 20, LOG, owner).close()
+    assert (shared / "pg1.lock").stat().st_uid == nobody.pw_uid
+    created = tmp_path / "created"
+    FileSpool(str(created), "pg1", 1 << 20, LOG, owner).close()
+    assert created.stat().st_uid == nobody.pw_uid
+    assert (created.stat().st_mode & 0o777) == 0o700
 
 
 def test_memory_spool() -> None:

@@ -263,7 +263,7 @@ class Daemon:
         return os.getuid(), gid if gid is not None else os.getgid()
 
     def _drop_privileges(self) -> None:
-        target = self._target_ids()
+        target = self.context.run_as  # looked up before the plugins started
         if target is None:
             return
         uid, gid = target

@@ -4,10 +4,12 @@ Rows are stored as records: a 4-byte length, a 4-byte CRC-32 and the row in
 Python's marshal format (version 4: None, bool, int, float, str, bytes, a
 fraction of JSON's cost; the CRC is checked before a record is loaded, and
 the directory is the daemon's own, mode 0700). Segments of the first
-format, JSON, left by an earlier version are converted at start-up. On disk a spool is a series of
-segment files ``<name>.<sequence>.spool`` in the spool directory, replayed
-in sequence order; a segment is deleted once every row in it is stored, and
-``<segment>.pos`` remembers how far replay got, so a restart resumes there.
+format, JSON, left by an earlier version are converted at start-up.
+
+On disk a spool is a series of segment files ``<name>.<sequence>.spool`` in
+the spool directory, replayed in sequence order; a segment is deleted once
+every row in it is stored, and ``<segment>.pos`` remembers how far replay
+got, so a restart resumes there.
 
 Durability: appended records are buffered and written to the file when
 64 KiB are pending, at every :meth:`Spool.flush` (the writer calls it at
